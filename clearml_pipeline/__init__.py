@@ -1,0 +1,1 @@
+"""Spanish speech -> Mandarin speech: the pipeline definition, its local runner and (next) its ClearML controller."""

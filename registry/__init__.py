@@ -1,0 +1,1 @@
+"""Model references: the hub, local folders, test fixtures and (next) the ClearML model registry."""

@@ -1,0 +1,56 @@
+"""A model that is neither cached nor reachable fails at once, naming the model and how to supply it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry import hub
+from tests.speech import speak
+
+CLOSED_PORT = "http://127.0.0.1:9"  # discard port: nothing listens, the connection is refused at once
+
+
+def test_unreachable_hub_and_empty_cache_raise_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub.constants, "ENDPOINT", CLOSED_PORT)
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with pytest.raises(hub.ModelUnavailableError) as info:
+        hub.resolve_hf_model("openai/whisper-large", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "openai/whisper-large" in message and "cannot be reached" in message and "hf download" in message
+
+
+def test_offline_mode_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(hub.ModelUnavailableError, match="offline mode is on"):
+        hub.resolve_hf_model("Helsinki-NLP/opus-mt-en-zh", cache_dir=tmp_path)
+
+
+def test_a_local_folder_is_used_as_is(tmp_path: Path) -> None:
+    local = hub.resolve_hf_model(str(tmp_path))
+    assert local.path == tmp_path.resolve() and local.revision == "local"
+
+
+def test_reachable_is_false_for_closed_ports_and_unknown_hosts() -> None:
+    assert not hub.reachable(CLOSED_PORT, timeout_s=2)
+    assert not hub.reachable("https://no-such-host.invalid", timeout_s=2)
+
+
+def test_run_without_models_fails_fast_with_the_model_named(tmp_path: Path) -> None:
+    speak("Hola.", tmp_path / "in" / "a.wav")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_ENDPOINT": CLOSED_PORT}
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clearml_pipeline", "run", "--local", "--input", str(tmp_path / "in"),
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "openai/whisper-large" in proc.stderr and "To supply it" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "results.jsonl").exists()
