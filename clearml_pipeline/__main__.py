@@ -1,30 +1,50 @@
-"""Command line: `python -m clearml_pipeline run --local --input DIR --output OUT [--models fixtures]`."""
+"""Spanish speech -> Mandarin speech.
+
+python -m clearml_pipeline run --local --input DIR --output OUT [--models fixtures] [--runtime streaming]
+python -m clearml_pipeline bench --input DIR --output OUT [--requests N] [--rate R] [--replicas 1:1:2|auto]
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from clearml_pipeline.config import add_config_arguments, config_from_args
+from clearml_pipeline.config import add_config_arguments, add_section, config_from_args, section_from_args
+from clearml_pipeline.logs import quiet_libraries
 
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_SETUP_FAILED = 0, 1, 2
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_SETUP_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m clearml_pipeline", description=__doc__)
+    from clearml_pipeline.bench import BenchOptions
+    from clearml_pipeline.streaming import StreamingOptions
+
+    parser = argparse.ArgumentParser(
+        prog="python -m clearml_pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="translate Spanish speech to Mandarin speech")
-    run.add_argument("--local", action="store_true", help="run every stage in this process, no ClearML server")
-    run.add_argument("--input", type=Path, required=True, help="an audio file or a folder of them")
-    run.add_argument("--output", type=Path, required=True, help="folder for results.jsonl, summary.json, audio/")
-    add_config_arguments(run)
+    run.add_argument("--local", action="store_true", help="run on this machine, no ClearML server")
+    run.add_argument(
+        "--runtime",
+        choices=("inprocess", "streaming"),
+        default="inprocess",
+        help="inprocess: one process, items in groups; streaming: worker processes per stage (see --replicas)",
+    )
+    bench = commands.add_parser("bench", help="throughput experiment: streaming runtime vs sequential baseline")
+    add_section(bench, BenchOptions(), "", "benchmark")
+    for command in (run, bench):
+        command.add_argument("--input", type=Path, required=True, help="an audio file or a folder of them")
+        command.add_argument("--output", type=Path, required=True, help="folder for the results")
+        add_section(command, StreamingOptions(), "", "streaming runtime")
+        add_config_arguments(command)
     return parser
 
 
-def print_summary(summary: dict, out: Path) -> None:
+def print_summary(summary: dict[str, Any], out: Path) -> None:
     counts, e2e = summary["counts"], summary["end_to_end"]
     print(
         f"\n{counts['ok']}/{counts['items']} ok, {counts['error']} error, {counts['no_speech']} no speech "
@@ -39,37 +59,71 @@ def print_summary(summary: dict, out: Path) -> None:
     print(f"results: {out / 'results.jsonl'}\nsummary: {out / 'summary.json'}")
 
 
-def run_local(args: argparse.Namespace) -> int:
-    from clearml_pipeline.runner import LocalRunner, discover_inputs
-    from registry.hub import ModelUnavailableError
+def prepare(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """Config, model set and inputs; raises the user-facing errors that end a run before it starts."""
+    from clearml_pipeline.runner import discover_inputs
     from registry.model_sets import apply_model_set
 
     config = config_from_args(args)
-    try:
-        items = discover_inputs(args.input)
-        if config.runner.limit:
-            items = items[: config.runner.limit]
-        apply_model_set(config)
-        runner = LocalRunner(config)
-        runner.setup()
-    except (ModelUnavailableError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_SETUP_FAILED
+    items = discover_inputs(args.input)
+    if config.runner.limit:
+        items = items[: config.runner.limit]
+    if not items:
+        raise ValueError(f"no audio files ({', '.join(('wav', 'flac', 'mp3', 'ogg'))}) under {args.input}")
+    apply_model_set(config)
+    return config, items
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from clearml_pipeline.runner import LocalRunner
+    from clearml_pipeline.streaming import StreamingOptions
+
+    config, items = prepare(args)
+    runner = LocalRunner(
+        config, section_from_args(args, StreamingOptions(), "") if args.runtime == "streaming" else None
+    )
     summary = runner.run(items, args.output)
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     print_summary(summary, args.output)
+    if summary.get("interrupted"):
+        return EXIT_INTERRUPTED
     return EXIT_OK if summary["counts"]["error"] == 0 else EXIT_ITEMS_FAILED
 
 
+def bench(args: argparse.Namespace) -> int:
+    from clearml_pipeline.bench import BenchOptions, format_table, run_bench
+    from clearml_pipeline.streaming import StreamingOptions
+
+    config, items = prepare(args)
+    report = run_bench(
+        config,
+        section_from_args(args, StreamingOptions(), ""),
+        section_from_args(args, BenchOptions(), ""),
+        items,
+        args.output,
+    )
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "bench.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(format_table(report))
+    print(f"bench: {args.output / 'bench.json'}")
+    return EXIT_OK if report["errors"] == 0 else EXIT_ITEMS_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from registry.hub import ModelUnavailableError
+
+    quiet_libraries()
     args = build_parser().parse_args(argv)
-    if args.command == "run":
+    try:
+        if args.command == "bench":
+            return bench(args)
         if not args.local:
             print("error: remote ClearML execution is not available yet; run with --local", file=sys.stderr)
             return EXIT_SETUP_FAILED
         return run_local(args)
-    return EXIT_SETUP_FAILED
+    except (ModelUnavailableError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import types
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from clearml_pipeline.stages import STAGES, StageSpec
 from steps.machine_translation import MachineTranslationOptions
 from steps.speech_synthesis import SpeechSynthesisOptions
 from steps.speech_translation import SpeechTranslationOptions
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,7 +51,7 @@ def _arg_type(hint: Any) -> Any:
     return hint
 
 
-def _add_section(parser: argparse.ArgumentParser, options: Any, prefix: str, title: str) -> None:
+def add_section(parser: argparse.ArgumentParser, options: Any, prefix: str, title: str) -> None:
     group = parser.add_argument_group(title)
     hints = get_type_hints(type(options))
     for f in fields(options):
@@ -65,16 +67,21 @@ def _add_section(parser: argparse.ArgumentParser, options: Any, prefix: str, tit
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     config = RunConfig()
-    _add_section(parser, config.runner, "", "run")
+    add_section(parser, config.runner, "", "run")
     for spec in STAGES:
-        _add_section(parser, config.stage_options(spec), f"{spec.prefix}-", spec.name.replace("_", " "))
+        add_section(parser, config.stage_options(spec), f"{spec.prefix}-", spec.name.replace("_", " "))
+
+
+def section_from_args(args: argparse.Namespace, options: T, prefix: str) -> T:
+    """Fill `options` from the arguments `add_section` made for it."""
+    for f in fields(options):  # type: ignore[arg-type]
+        setattr(options, f.name, getattr(args, f"{prefix.replace('-', '_')}{f.name}"))
+    return options
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     config = RunConfig()
-    sections: list[tuple[Any, str]] = [(config.runner, "")]
-    sections += [(config.stage_options(spec), f"{spec.prefix}_") for spec in STAGES]
-    for options, prefix in sections:
-        for f in fields(options):
-            setattr(options, f.name, getattr(args, f"{prefix}{f.name}"))
+    section_from_args(args, config.runner, "")
+    for spec in STAGES:
+        section_from_args(args, config.stage_options(spec), f"{spec.prefix}-")
     return config

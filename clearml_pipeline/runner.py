@@ -6,10 +6,9 @@ each group's rows are appended to results.jsonl as soon as it is done, so a long
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,10 @@ from tqdm import tqdm
 
 from clearml_pipeline.config import RunConfig
 from clearml_pipeline.results import ItemResult, summarize
-from clearml_pipeline.stages import MACHINE_TRANSLATION, SPEECH_SYNTHESIS, SPEECH_TRANSLATION, STAGES, build_stage
-from steps.audio import AUDIO_EXTENSIONS, Audio, AudioError, load_audio, probe_seconds, write_wav
+from clearml_pipeline.stages import STAGES, StepContext, build_stage, finish
+from clearml_pipeline.streaming import StreamingOptions, StreamingRunner, available_cores, is_gpu_stage, plan
+from steps.audio import AUDIO_EXTENSIONS
 from steps.base import ModelInfo, Stage
-
-log = logging.getLogger(__name__)
-AUDIO_DIR = "audio"
 
 
 @dataclass(frozen=True)
@@ -61,20 +58,20 @@ def batched(items: Sequence[InputItem], size: int) -> Iterator[Sequence[InputIte
 
 
 class LocalRunner:
-    """The whole pipeline in this process: stages built once, then item groups streamed through them."""
+    """The whole pipeline on this machine: in this process (item groups), or in streaming worker processes."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, streaming: StreamingOptions | None = None) -> None:
         self.config = config
-        self.stages: dict[str, Stage[Any, Any]] = {
-            spec.name: build_stage(spec, config.stage_options(spec)) for spec in STAGES
-        }
+        self.streaming = streaming
+        self.stages: dict[str, Stage[Any, Any]] = {}
 
     def setup(self) -> None:
         """Load every model before the first item, so a missing model fails the run at once."""
         if self.config.runner.threads > 0:
             torch.set_num_threads(self.config.runner.threads)
-        for stage in self.stages.values():
-            stage.ensure_ready()
+        for spec in STAGES:
+            self.stages[spec.name] = build_stage(spec, self.config.stage_options(spec))
+            self.stages[spec.name].ensure_ready()
 
     def models(self) -> list[ModelInfo]:
         return [info for stage in self.stages.values() for info in stage.models()]
@@ -82,91 +79,77 @@ class LocalRunner:
     def run(self, items: Sequence[InputItem], out: Path) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        self.setup()
-        rows: list[ItemResult] = []
-        input_busy = 0.0
-        with (
-            (out / "results.jsonl").open("w", encoding="utf-8") as sink,
-            tqdm(total=len(items), unit="clip", desc="translating") as progress,
-        ):
-            for group in batched(items, self.config.runner.batch_size):
-                group_rows = self.run_group(group, out)
-                input_busy += sum(r.latency_s.get("input", 0.0) for r in group_rows)
-                for row in group_rows:
-                    sink.write(row.to_json() + "\n")
-                sink.flush()
-                rows.extend(group_rows)
-                progress.update(len(group))
-        busy = {name: stage.stats.busy_s for name, stage in self.stages.items()} | {"input": input_busy}
-        device = getattr(self.stages[SPEECH_TRANSLATION.name], "device", "cpu")
-        summary = summarize(rows, self.models(), busy, time.perf_counter() - started, self.config.to_dict(), device)
+        ctx = StepContext(out, self.config.runner.max_audio_seconds)
+        models: list[ModelInfo] = []
+        with tqdm(total=len(items), unit="clip", desc="translating") as progress:
+            if self.streaming is None:
+                self.setup()  # every model loads before the first item: a missing one fails the run at once
+                models = self.models()
+                rows, busy = self.run_inprocess(items, ctx, progress.update)
+            else:
+                rows, busy, extra = self.run_streaming(items, ctx, progress.update)
+                models = extra.pop("models")
+        device = _device(self.config)
+        summary = summarize(rows, models, busy, time.perf_counter() - started, self.config.to_dict(), device)
+        if self.streaming is not None:
+            summary["streaming"] = extra
+            summary["interrupted"] = extra["interrupted"]
         return summary
 
-    def run_group(self, group: Sequence[InputItem], out: Path) -> list[ItemResult]:
+    def run_inprocess(
+        self, items: Sequence[InputItem], ctx: StepContext, progress: Callable[[int], object]
+    ) -> tuple[list[ItemResult], dict[str, float]]:
+        rows: list[ItemResult] = []
+        with (ctx.out / "results.jsonl").open("w", encoding="utf-8") as sink:
+            for group in batched(items, self.config.runner.batch_size):
+                group_rows = self.run_group(group, ctx)
+                sink.writelines(row.to_json() + "\n" for row in group_rows)
+                sink.flush()
+                rows.extend(group_rows)
+                progress(len(group))
+        busy = {name: stage.stats.busy_s for name, stage in self.stages.items()}
+        busy["input"] = sum(r.latency_s.get("input", 0.0) for r in rows)
+        return rows, busy
+
+    def run_group(self, group: Sequence[InputItem], ctx: StepContext) -> list[ItemResult]:
         rows = [ItemResult(item.id, str(item.path)) for item in group]
-        audios = {row.id: audio for row, item in zip(rows, group, strict=True) if (audio := self.load(row, item))}
-        self.translate_speech(rows, audios)
-        self.translate_text(rows)
-        self.synthesize(rows, out)
-        for row in rows:
-            row.latency_s["total"] = sum(v for k, v in row.latency_s.items() if k != "total")
-        return rows
+        for spec in STAGES:
+            spec.step(self.stages[spec.name], rows, ctx)
+        return [finish(row) for row in rows]
 
-    def load(self, row: ItemResult, item: InputItem) -> Audio | None:
-        start = time.perf_counter()
+    def run_streaming(
+        self, items: Sequence[InputItem], ctx: StepContext, progress: Callable[[int], object]
+    ) -> tuple[list[ItemResult], dict[str, float], dict[str, Any]]:
+        assert self.streaming is not None
+        gpu = {spec.name: is_gpu_stage(self.config, spec) for spec in STAGES}
+        replicas, threads = plan(self.streaming, gpu, available_cores(), _no_probe)
+        runner = StreamingRunner(self.config, self.streaming, ctx, replicas, threads)
         try:
-            limit = self.config.runner.max_audio_seconds
-            if (seconds := probe_seconds(item.path)) > limit:
-                raise AudioError(
-                    f"{item.path.name} is {seconds:.0f} s long, over the {limit:.0f} s limit (--max-audio-seconds)"
-                )
-            audio = load_audio(item.path)
-            row.audio_seconds = round(audio.seconds, 3)
-            return audio
-        except AudioError as exc:
-            row.fail("input", str(exc))
-            return None
+            runner.start()
+            rows = runner.run([ItemResult(item.id, str(item.path)) for item in items], on_progress=progress)
         finally:
-            row.latency_s["input"] = time.perf_counter() - start
+            runner.close()
+        (ctx.out / "results.jsonl").write_text("".join(row.to_json() + "\n" for row in rows), encoding="utf-8")
+        busy = dict(runner.stats.busy_s) | {"input": sum(r.latency_s.get("input", 0.0) for r in rows)}
+        extra = {
+            "replicas": replicas,
+            "threads": threads,
+            "cold_start_s": runner.stats.cold_start_s,
+            "worker_restarts": runner.stats.restarts,
+            "interrupted": runner.stats.interrupted,
+            "models": [info for spec in STAGES for info in runner.models.get(spec.name, [])],
+        }
+        return rows, busy, extra
 
-    def translate_speech(self, rows: list[ItemResult], audios: dict[str, Audio]) -> None:
-        live = [r for r in rows if r.ok]
-        results = self.stages[SPEECH_TRANSLATION.name].run([audios[r.id] for r in live])
-        for row, result in zip(live, results, strict=True):
-            row.latency_s[SPEECH_TRANSLATION.name] = result.latency_s
-            if not result.ok:
-                row.fail(SPEECH_TRANSLATION.name, result.error or "failed")
-                continue
-            row.en_text = result.output.text
-            # An empty translation of audible input also means the model heard no speech.
-            row.no_speech = result.output.no_speech or not row.en_text.strip()
 
-    def translate_text(self, rows: list[ItemResult]) -> None:
-        live = [r for r in rows if r.ok and not r.no_speech]
-        results = self.stages[MACHINE_TRANSLATION.name].run([r.en_text or "" for r in live])
-        for row, result in zip(live, results, strict=True):
-            row.latency_s[MACHINE_TRANSLATION.name] = result.latency_s
-            if not result.ok:
-                row.fail(MACHINE_TRANSLATION.name, result.error or "failed")
-            elif not result.output.strip():
-                row.fail(MACHINE_TRANSLATION.name, "machine translation returned empty text")
-            else:
-                row.zh_text = result.output
-        for row in rows:
-            if row.ok and row.no_speech:
-                row.en_text, row.zh_text = "", ""
+def _device(config: RunConfig) -> str:
+    from steps.device import pick_device
 
-    def synthesize(self, rows: list[ItemResult], out: Path) -> None:
-        live = [r for r in rows if r.ok and r.zh_text]
-        results = self.stages[SPEECH_SYNTHESIS.name].run([r.zh_text for r in live])
-        for row, result in zip(live, results, strict=True):
-            row.latency_s[SPEECH_SYNTHESIS.name] = result.latency_s
-            if not result.ok:
-                row.fail(SPEECH_SYNTHESIS.name, result.error or "failed")
-                continue
-            speech = result.output
-            relative = f"{AUDIO_DIR}/{row.id}.wav"
-            write_wav(out / relative, speech.samples, speech.sample_rate)
-            row.zh_audio = relative
-            row.zh_audio_seconds = round(speech.seconds, 3)
-            row.unsayable = speech.unsayable
+    return pick_device(config.speech_translation.device)
+
+
+def _no_probe() -> dict[str, float]:
+    raise ValueError(
+        "--replicas auto needs measured stage costs: run `python -m clearml_pipeline bench "
+        "--replicas auto` (it prints the replicas it chose) and pass those to `run`"
+    )

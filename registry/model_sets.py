@@ -3,7 +3,8 @@
 `hub` is the real models from the Hugging Face hub and the vocoder zoo (the default caches). `fixtures` is
 tiny random models of the same architectures and file layouts (registry.fixtures), built locally and seeded
 into caches of their own, so the unchanged loading code runs offline. Fixture output is noise: it exercises
-the machinery and says nothing about translation quality.
+the machinery and says nothing about translation quality. `fixtures-full` is the same with the real models'
+dimensions (whisper-large, opus-mt-en-zh, the CSMSC Tacotron2 and HiFiGAN), for throughput benchmarks.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from pathlib import Path
 
 from clearml_pipeline.config import RunConfig
 
-MODEL_SETS = ("hub", "fixtures")
+MODEL_SETS = ("hub", "fixtures", "fixtures-full")
+# Random weights never choose end-of-sequence, so fixture decoding is capped at realistic output lengths for a
+# Common Voice clip (about 5 s of speech: ~25 English tokens, ~40 Marian target pieces); without the caps a
+# fixture run would decode Whisper's full 440-token budget and cost nothing like a real run.
+FIXTURE_DECODE_CAPS = {"speech_translation": 32, "machine_translation": 48}
 
 
-def fixtures_root() -> Path:
+def fixtures_root(full: bool = False) -> Path:
+    if full:
+        return Path(os.environ.get("S2ST_FULL_FIXTURES_DIR", "~/.cache/s2st/fixtures-full")).expanduser()
     return Path(os.environ.get("S2ST_FIXTURES_DIR", "~/.cache/s2st/fixtures")).expanduser()
 
 
@@ -25,14 +32,19 @@ def apply_model_set(config: RunConfig) -> None:
     name = config.runner.models
     if name == "hub":
         return
-    if name != "fixtures":
+    if name not in MODEL_SETS:
         raise ValueError(f"unknown model set {name!r}; choose from {', '.join(MODEL_SETS)}")
     from registry.fixtures import build_fixtures, fixture_env
 
-    caches = build_fixtures(fixtures_root())
+    full = name == "fixtures-full"
+    caches = build_fixtures(fixtures_root(full), full=full)
     for key, value in fixture_env(caches).items():
         if not key.startswith(("HF_", "TRANSFORMERS_")):  # hub settings go through cache_dir, not globals
             os.environ.setdefault(key, value)
+    for section, cap in FIXTURE_DECODE_CAPS.items():
+        options = getattr(config, section)
+        if options.max_new_tokens == type(options)().max_new_tokens:  # the user did not choose one
+            options.max_new_tokens = cap
     config.speech_translation.model_cache = str(caches.hf_hub_cache)
     config.machine_translation.model_cache = str(caches.hf_hub_cache)
     config.speech_synthesis.model_cache = str(caches.espnet_cache)

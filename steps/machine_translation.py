@@ -33,6 +33,7 @@ class MachineTranslationOptions:
     batch_size: int = 16
     num_beams: int = 4
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # benchmarks: fixed decode length (see speech_translation)
 
 
 def split_english(text: str) -> list[str]:
@@ -100,7 +101,12 @@ class MarianTranslator(Stage[str, str]):
                 truncation=True,
                 max_length=512,
             ).to(self.device)
-            ids = self.model.generate(**batch, num_beams=opts.num_beams, max_new_tokens=opts.max_new_tokens)
+            ids = self.model.generate(
+                **batch,
+                num_beams=opts.num_beams,
+                max_new_tokens=opts.max_new_tokens,
+                min_new_tokens=opts.min_new_tokens or None,
+            )
             for i, text in zip(chunk, self.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
                 result[i] = text
         return result

@@ -121,11 +121,16 @@ class EspnetSynthesizer(Stage[str, Speech]):
         return infos
 
     def sayable(self, text: str) -> tuple[str, list[str]]:
-        """`text` with the characters the token list cannot say removed, and those characters (punctuation aside)."""
+        """`text` with the characters the model cannot say removed, and those characters (punctuation aside).
+
+        A character is sayable when the g2p reads it as pinyin whose phones are all in the token list. The
+        pypinyin frontend passes anything else through unchanged, so a Latin "m" or "e" would look like a
+        phone of the same name: only Chinese characters are read.
+        """
         kept: list[str] = []
         dropped: list[str] = []
         for char in text:
-            tokens = self.tokenizer.text2tokens(char)
+            tokens = self.tokenizer.text2tokens(char) if _is_hanzi(char) else []
             if tokens and all(t in self.vocab for t in tokens):
                 kept.append(char)
             elif char not in PUNCTUATION and not char.isspace():
@@ -154,6 +159,12 @@ class EspnetSynthesizer(Stage[str, Speech]):
                 waves.append(pause)
             waves.append(self.tts(piece)["wav"].float().cpu().numpy().reshape(-1))
         return Speech(np.concatenate(waves), self.sample_rate, len(pieces), sorted(set(unsayable)))
+
+
+def _is_hanzi(char: str) -> bool:
+    """CJK unified ideographs (with extension A and the compatibility block)."""
+    code = ord(char)
+    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF
 
 
 def _file_hash(path: Path) -> str:

@@ -33,6 +33,8 @@ class SpeechTranslationOptions:
     num_beams: int = 1
     # Whisper's decoder holds 448 positions; 4 go to the forced prefix.
     max_new_tokens: int = 440
+    # Benchmarks fix decode lengths (min = max) so random-weight models cost what real outputs would.
+    min_new_tokens: int = 0
     chunk_seconds: float = 30.0
     min_speech_seconds: float = 0.3
     silence_threshold_dbfs: float = -40.0
@@ -118,6 +120,7 @@ class WhisperTranslator(Stage[Audio, Translation]):
                 return_timestamps=False,
                 num_beams=opts.num_beams,
                 max_new_tokens=opts.max_new_tokens,
+                min_new_tokens=opts.min_new_tokens or None,
             )
             texts.extend(self.processor.batch_decode(ids, skip_special_tokens=True))
         return texts

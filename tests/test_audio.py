@@ -10,8 +10,9 @@ from steps.audio import Audio, AudioError, load_audio, resample, speech_seconds,
 from tests.speech import speak, tone
 
 
-@pytest.mark.parametrize(("suffix", "rate", "channels"), [(".wav", 22050, 1), (".flac", 48000, 2), (".ogg", 44100, 1),
-                                                          (".mp3", 48000, 2)])
+@pytest.mark.parametrize(
+    ("suffix", "rate", "channels"), [(".wav", 22050, 1), (".flac", 48000, 2), (".ogg", 44100, 1), (".mp3", 48000, 2)]
+)
 def test_any_format_rate_and_layout_becomes_16k_mono(tmp_path: Path, suffix: str, rate: int, channels: int) -> None:
     path = speak("Hola, buenos días.", tmp_path / f"clip{suffix}", rate=rate, channels=channels)
     audio = load_audio(path)
@@ -35,7 +36,11 @@ def test_resampling_keeps_a_tone_and_removes_what_cannot_be_represented() -> Non
 
 @pytest.mark.parametrize(
     ("content", "reason"),
-    [(b"", "empty file"), (b"this is not audio at all" * 10, "not decodable"), (b"RIFF\x00\x00\x00\x00WAVEfmt ", "not decodable")],
+    [
+        (b"", "empty file"),
+        (b"this is not audio at all" * 10, "not decodable"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", "not decodable"),
+    ],
 )
 def test_bad_files_raise_a_readable_error(tmp_path: Path, content: bytes, reason: str) -> None:
     path = tmp_path / "bad.wav"

@@ -46,9 +46,21 @@ def test_run_without_models_fails_fast_with_the_model_named(tmp_path: Path) -> N
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_ENDPOINT": CLOSED_PORT}
     env.pop("HF_HUB_OFFLINE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "clearml_pipeline", "run", "--local", "--input", str(tmp_path / "in"),
-         "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "clearml_pipeline",
+            "run",
+            "--local",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "openai/whisper-large" in proc.stderr and "To supply it" in proc.stderr

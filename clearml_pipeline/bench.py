@@ -1,0 +1,235 @@
+"""Throughput experiment: the streaming runtime against the seed-style sequential baseline, same inputs, same run.
+
+Three measurements, each after its models are loaded and warm:
+1. baseline: one item at a time through the three stages, batch 1, in one process (how seed 000 ran);
+2. standalone: each stage alone in one worker at its thread budget, batching on: its capacity per replica and
+   the CPU-seconds it needs per item;
+3. streaming: the whole pipeline with the chosen replicas.
+`speedup` = streaming / baseline throughput. `bottleneck_efficiency` = streaming throughput / the most this
+hardware allows for the configuration: the smaller of the slowest stage's capacity (standalone rate x replicas)
+and, where stages share CPU cores, cores / the CPU-seconds per item all stages need together.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clearml_pipeline.config import RunConfig
+from clearml_pipeline.results import ItemResult, versions
+from clearml_pipeline.runner import InputItem
+from clearml_pipeline.stages import STAGES, StageSpec, StepContext, build_stage, finish
+from clearml_pipeline.streaming import (
+    StreamingOptions,
+    StreamingRunner,
+    available_cores,
+    is_gpu_stage,
+    plan,
+)
+
+SEED_BASELINE = {"speech_translation": 1.29, "machine_translation": 9.65, "speech_synthesis": 0.32}
+
+
+@dataclass
+class BenchOptions:
+    requests: int = 24
+    rate: float = 0.0  # open-loop arrivals per second; 0: closed loop (every request queued at the start)
+    standalone_items: int = 12  # items per stage for the standalone rates
+
+
+@dataclass
+class StageRate:
+    items_per_s: float
+    cpu_s_per_item: float
+    threads: int
+
+
+def expand(items: list[InputItem], n: int) -> list[ItemResult]:
+    """`n` requests cycling over the inputs (ids made unique)."""
+    rows = []
+    for k in range(n):
+        item = items[k % len(items)]
+        rows.append(ItemResult(f"{item.id}#{k // len(items)}" if k >= len(items) else item.id, str(item.path)))
+    return rows
+
+
+def pct(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 95, 99)}
+
+
+def sequential(config: RunConfig, rows: list[ItemResult], ctx: StepContext) -> tuple[list[ItemResult], float]:
+    """The seed-style baseline: batch 1, one item at a time through all stages, in this process."""
+    stages = {}
+    for spec in STAGES:
+        options = replace(config.stage_options(spec))
+        if hasattr(options, "batch_size"):
+            options.batch_size = 1
+        stages[spec.name] = build_stage(spec, options)
+        stages[spec.name].ensure_ready()
+    warm = [ItemResult("__warmup__", rows[0].source)]
+    for spec in STAGES:
+        spec.step(stages[spec.name], warm, ctx)
+    start = time.monotonic()
+    for row in rows:
+        for spec in STAGES:
+            spec.step(stages[spec.name], [row], ctx)
+        finish(row)
+    return rows, time.monotonic() - start
+
+
+def stage_inputs(spec: StageSpec, done: list[ItemResult]) -> list[ItemResult]:
+    """Rows that reach `spec` in a normal run, reset to what they held when they arrived there."""
+    fresh = []
+    for row in done:
+        if spec.name == "speech_translation":
+            fresh.append(ItemResult(row.id, row.source))
+        elif row.ok and not row.no_speech and row.en_text and (spec.name == "machine_translation" or row.zh_text):
+            copy_row = ItemResult(row.id, row.source, en_text=row.en_text, audio_seconds=row.audio_seconds)
+            copy_row.zh_text = row.zh_text if spec.name == "speech_synthesis" else None
+            fresh.append(copy_row)
+    return fresh
+
+
+def standalone(
+    config: RunConfig, sopts: StreamingOptions, ctx: StepContext, spec: StageSpec, rows: list[ItemResult], threads: int
+) -> StageRate:
+    runner = StreamingRunner(config, sopts, ctx, {spec.name: 1}, {spec.name: threads}, stages=[spec])
+    try:
+        runner.start()
+        runner.run(rows)
+    finally:
+        runner.close()
+    n = max(len(rows), 1)
+    return StageRate(len(rows) / runner.stats.wall_s, runner.stats.cpu_s.get(spec.name, 0.0) / n, threads)
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": available_cores()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_bench(
+    config: RunConfig, sopts: StreamingOptions, bopts: BenchOptions, items: list[InputItem], out: Path
+) -> dict[str, Any]:
+    cores = available_cores()
+    ctx = StepContext(out, config.runner.max_audio_seconds)
+    gpu = {spec.name: is_gpu_stage(config, spec) for spec in STAGES}
+
+    baseline_rows, baseline_wall = sequential(
+        config, expand(items, bopts.requests), StepContext(out / "baseline", config.runner.max_audio_seconds)
+    )
+    baseline_rate = len(baseline_rows) / baseline_wall
+    sample = baseline_rows[: bopts.standalone_items]
+
+    def probe() -> dict[str, float]:
+        # Cost per item at one thread, on a few items: enough to size replicas.
+        return {
+            spec.name: standalone(config, sopts, ctx, spec, stage_inputs(spec, sample[:4]), 1).cpu_s_per_item
+            for spec in STAGES
+        }
+
+    replicas, threads = plan(sopts, gpu, cores, probe)
+    rates = {
+        spec.name: standalone(config, sopts, ctx, spec, stage_inputs(spec, sample), threads[spec.name])
+        for spec in STAGES
+    }
+    runner = StreamingRunner(config, sopts, ctx, replicas, threads)
+    try:
+        cold_start = runner.start()
+        rows = expand(items, bopts.requests)
+        arrivals = [k / bopts.rate for k in range(len(rows))] if bopts.rate > 0 else None
+        rows = runner.run(rows, arrivals)
+    finally:
+        runner.close()
+    stream_rate = len(rows) / runner.stats.wall_s
+
+    capacity = {name: rate.items_per_s * replicas[name] for name, rate in rates.items()}
+    cpu_per_item = sum(rate.cpu_s_per_item for rate in rates.values())
+    cpu_bound = cores / cpu_per_item if cpu_per_item > 0 else float("inf")
+    ceiling = min(min(capacity.values()), cpu_bound)
+    report = {
+        "speedup": stream_rate / baseline_rate,
+        "bottleneck_efficiency": stream_rate / ceiling,
+        "end_to_end_items_per_s": stream_rate,
+        "baseline_items_per_s": baseline_rate,
+        "ceiling_items_per_s": ceiling,
+        "cpu_bound_items_per_s": cpu_bound if cpu_bound != float("inf") else None,
+        "cold_start_s": cold_start,
+        "requests": len(rows),
+        "ok": sum(r.ok for r in rows),
+        "errors": sum(not r.ok for r in rows),
+        "open_loop_rate": bopts.rate or None,
+        "replicas": replicas,
+        "threads": threads,
+        "end_to_end_latency_s": pct([r.latency_s["end_to_end"] for r in rows if "end_to_end" in r.latency_s]),
+        "baseline_latency_s": pct([r.latency_s["total"] for r in baseline_rows]),
+        "stages": {
+            spec.name: {
+                "standalone_items_per_s": rates[spec.name].items_per_s,
+                "cpu_s_per_item": rates[spec.name].cpu_s_per_item,
+                "capacity_items_per_s": capacity[spec.name],
+                "device": "gpu" if gpu[spec.name] else "cpu",
+                "latency_s": pct([r.latency_s[spec.name] for r in rows if spec.name in r.latency_s]),
+                "queue_wait_s": pct(runner.stats.queue_wait_s.get(spec.name, [])),
+                "mean_batch": float(np.mean(runner.stats.batch_sizes.get(spec.name, [0]))),
+                "baseline_items_per_s": _baseline_stage_rate(baseline_rows, spec.name),
+                "seed_items_per_s": SEED_BASELINE[spec.name],
+            }
+            for spec in STAGES
+        },
+        "worker_restarts": runner.stats.restarts,
+        "hardware": hardware(),
+        "versions": versions(),
+        "config": config.to_dict() | {"streaming": asdict(sopts), "bench": asdict(bopts)},
+    }
+    return report
+
+
+def _baseline_stage_rate(rows: list[ItemResult], name: str) -> float | None:
+    spent = sum(r.latency_s.get(name, 0.0) for r in rows)
+    count = sum(name in r.latency_s for r in rows)
+    return count / spent if spent > 0 else None
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [
+        f"{'stage':<20} {'alone/s':>8} {'x repl':>6} {'cap/s':>7} {'cpu s/it':>8} {'lat p50':>8} {'p95':>7} "
+        f"{'p99':>7} {'queue p50':>9} {'batch':>5} {'seed/s':>6}"
+    ]
+    for name, s in report["stages"].items():
+        lat, wait = s["latency_s"], s["queue_wait_s"]
+        lines.append(
+            f"{name:<20} {s['standalone_items_per_s']:>8.2f} {report['replicas'][name]:>6} "
+            f"{s['capacity_items_per_s']:>7.2f} {s['cpu_s_per_item']:>8.3f} {_f(lat['p50'])} {_f(lat['p95'], 7)} "
+            f"{_f(lat['p99'], 7)} {_f(wait['p50'], 9)} {s['mean_batch']:>5.1f} {s['seed_items_per_s']:>6.2f}"
+        )
+    e2e = report["end_to_end_latency_s"]
+    lines += [
+        f"end to end: {report['end_to_end_items_per_s']:.2f} items/s streaming vs {report['baseline_items_per_s']:.2f}"
+        f" sequential -> speedup {report['speedup']:.2f}x; latency p50 {_f(e2e['p50'], 0)} s p95 {_f(e2e['p95'], 0)}"
+        f" s p99 {_f(e2e['p99'], 0)} s",
+        f"ceiling {report['ceiling_items_per_s']:.2f} items/s -> bottleneck efficiency "
+        f"{report['bottleneck_efficiency']:.2f}; cold start {report['cold_start_s']:.1f} s; "
+        f"{report['ok']}/{report['requests']} ok; worker restarts {report['worker_restarts']}",
+    ]
+    return "\n".join(lines)
+
+
+def _f(value: float | None, width: int = 8) -> str:
+    return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"

@@ -1,0 +1,482 @@
+"""Ingestion: Common Voice fixture (real espeak-ng speech) -> local dataset folder, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_prep.__main__ import main
+from data_prep.clearml_dataset import ClearMLTarget, content_tag, register
+from data_prep.dataset import DATASET_JSON, DatasetResult, build_dataset
+from data_prep.ingest import IngestOptions, select_clips
+from data_prep.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, REPORT_JSON, REPORT_MD, read_manifest
+from data_prep.paths import UnsafePathError, safe_join
+from data_prep.sources import SourceClip, SourceError, check_hub, read_hf
+from steps.audio import load_audio, speech_seconds, to_pcm16
+from tests.cv_fixture import (
+    BAD_ROWS,
+    SENTENCES,
+    covost_path,
+    good_path,
+    good_split,
+    hf_dataset_from_release,
+    make_common_voice_fixture,
+    tools_available,
+    write_folder_fixture,
+)
+
+N_GOOD = 6
+pytestmark = pytest.mark.skipif(not tools_available(), reason="needs espeak-ng and sox (apt-get install espeak-ng sox)")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_common_voice_fixture(tmp_path_factory.mktemp("cv"), n_good=N_GOOD)
+
+
+def options(release: Path, out: Path, **kw: Any) -> IngestOptions:
+    base: dict[str, Any] = dict(
+        source="common_voice", splits=("validated",), out=out, name="cv", path=release, show_progress=False
+    )
+    return IngestOptions(**(base | kw))
+
+
+def rows_by_path(result: DatasetResult) -> dict[str, Any]:
+    return {r.source_path: r for r in read_manifest(result.folder / MANIFEST_NAME)}
+
+
+def report(result: DatasetResult) -> dict[str, Any]:
+    return json.loads((result.folder / REPORT_JSON).read_text(encoding="utf-8"))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.rglob("*")}
+
+
+# ----------------------------------------------------------------------------------------------- Common Voice
+
+
+def test_good_clips_become_16k_mono_wavs_listed_in_the_manifest(release: Path, tmp_path: Path) -> None:
+    result = build_dataset(options(release, tmp_path, covost=covost_path(release)))
+    assert result.folder == tmp_path / "cv" / result.content_hash[:12]
+    assert not result.reused
+    rows = rows_by_path(result)
+    assert set(rows) == {good_path(i) for i in range(N_GOOD)}
+    for i in range(N_GOOD):
+        row = rows[good_path(i)]
+        assert row.id == f"common_voice_es_{19600000 + i}"
+        assert row.audio == f"audio/{row.id}.wav"
+        assert row.sentence == SENTENCES[i][0]  # quotes and ¿ survive the unquoted TSV read
+        assert row.split == "validated"
+        info = sf.info(str(result.folder / row.audio))
+        assert (info.samplerate, info.channels, info.subtype) == (16_000, 1, "PCM_16")
+        assert abs(info.duration - row.duration_s) < 0.002
+        assert 0.8 < row.duration_s < 6.0
+        assert speech_seconds(load_audio(result.folder / row.audio)) > 0.5  # real speech, not silence
+
+    # Each line carries every column, id first, in the contract's order.
+    lines = (result.folder / MANIFEST_NAME).read_text(encoding="utf-8").splitlines()
+    assert [tuple(json.loads(line)) for line in lines] == [MANIFEST_COLUMNS] * N_GOOD
+
+
+def test_demographics_are_kept_and_client_id_is_not(release: Path, tmp_path: Path) -> None:
+    result = build_dataset(options(release, tmp_path))
+    row = rows_by_path(result)[good_path(0)]
+    assert (row.age, row.gender, row.accents, row.locale, row.variant) == (
+        "twenties",
+        "female_feminine",
+        "España: Centro-Sur peninsular",
+        "es",
+        None,  # empty in the TSV -> null
+    )
+    assert (row.up_votes, row.down_votes) == (2, 0)
+    client_id = hashlib.sha512(b"fixture-speaker-0").hexdigest()
+    assert row.speaker == hashlib.sha256(client_id.encode()).hexdigest()[:16]
+    for name in (MANIFEST_NAME, REPORT_JSON, REPORT_MD, DATASET_JSON):
+        assert client_id not in (result.folder / name).read_text(encoding="utf-8")
+
+
+def test_every_bad_row_is_reported_with_its_reason(release: Path, tmp_path: Path) -> None:
+    result = build_dataset(options(release, tmp_path))
+    rep = report(result)
+    assert {r["source_path"]: r["reason"] for r in rep["rejections"]} == BAD_ROWS
+    assert rep["selected"] == N_GOOD + len(BAD_ROWS) == rep["accepted"] + rep["rejected"]
+    assert rep["accepted"] == N_GOOD
+    assert sum(rep["reason_counts"].values()) == rep["rejected"]
+    assert all(r["detail"] for r in rep["rejections"])
+    assert str(release) not in (result.folder / REPORT_JSON).read_text(encoding="utf-8")  # no machine paths
+    md = (result.folder / REPORT_MD).read_text(encoding="utf-8")
+    assert all(path in md for path in BAD_ROWS)
+    assert result.info["counts"]["selected"] == rep["selected"]
+
+
+def test_path_escapes_are_rejected_not_read(release: Path, tmp_path: Path) -> None:
+    rep = report(build_dataset(options(release, tmp_path)))
+    details = {r["source_path"]: r["detail"] for r in rep["rejections"]}
+    assert "climbs out" in details["../../etc/passwd"]
+    assert "resolves outside" in details["common_voice_es_19700007.mp3"]  # a symlink to a real mp3 elsewhere
+
+
+def test_safe_join(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret.wav").write_bytes(b"x")
+    (root / "sub" / "inside.wav").write_bytes(b"x")
+    (root / "out_link.wav").symlink_to(tmp_path / "secret.wav")
+    (root / "out_dir").symlink_to(tmp_path)
+    (root / "in_link.wav").symlink_to(root / "sub" / "inside.wav")
+    assert safe_join(root, "sub/inside.wav") == root / "sub" / "inside.wav"
+    assert safe_join(root, "in_link.wav") == root / "in_link.wav"
+    assert safe_join(root, "not/there/yet.wav") == root / "not" / "there" / "yet.wav"
+    bad = [
+        "/etc/passwd",
+        "../secret.wav",
+        "sub/../../secret.wav",
+        "..\\secret.wav",
+        "C:\\x.wav",
+        "C:x.wav",
+        "",
+        "out_link.wav",
+        "out_dir/secret.wav",
+        "a\x00b",
+    ]
+    for rel in bad:
+        with pytest.raises(UnsafePathError):
+            safe_join(root, rel)
+
+
+def test_manifest_audio_paths_cannot_escape_their_folder(tmp_path: Path) -> None:
+    row = {c: None for c in MANIFEST_COLUMNS} | {
+        "id": "x",
+        "audio": "../x.wav",
+        "duration_s": 1.0,
+        "split": "t",
+        "source_path": "x.mp3",
+    }
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(UnsafePathError):
+        read_manifest(tmp_path / MANIFEST_NAME, check_audio=False)
+
+
+# --------------------------------------------------------------------------------------------- hash and reuse
+
+
+def test_same_input_and_options_reuse_the_folder_untouched(release: Path, tmp_path: Path) -> None:
+    first = build_dataset(options(release, tmp_path, covost=covost_path(release)))
+    before = snapshot(first.folder)
+    time.sleep(0.01)
+    second = build_dataset(options(release, tmp_path, covost=covost_path(release)))
+    assert second.reused and second.content_hash == first.content_hash and second.folder == first.folder
+    assert snapshot(second.folder) == before  # nothing rewritten
+    assert [p.name for p in (tmp_path / "cv").iterdir()] == [first.folder.name]  # no staging leftovers
+
+    # The same release copied elsewhere is the same data: same hash (nothing machine-specific is hashed).
+    moved = tmp_path / "elsewhere" / "es"
+    shutil.copytree(release, moved, symlinks=True)
+    third = build_dataset(options(moved, tmp_path, covost=covost_path(release)))
+    assert third.reused and third.content_hash == first.content_hash
+
+
+def test_limit_and_seed_select_a_deterministic_subset(release: Path, tmp_path: Path) -> None:
+    a = build_dataset(options(release, tmp_path, limit=5, seed=0))
+    b = build_dataset(options(release, tmp_path / "again", limit=5, seed=0))
+    assert a.content_hash == b.content_hash and not b.reused  # rebuilt from scratch in another root
+    chosen = {r["source_path"] for r in report(a)["rejections"]} | set(rows_by_path(a))
+    # numpy's PCG64 stream is stable across versions and machines: this subset is part of the contract.
+    assert chosen == EXPECTED_LIMIT5_SEED0
+    assert report(a)["selected"] == 5 == report(a)["accepted"] + report(a)["rejected"]
+
+    hashes = {a.content_hash}
+    for kw in ({"limit": 5, "seed": 1}, {"limit": 4, "seed": 0}, {"limit": None}, {"min_seconds": 1.0}):
+        hashes.add(build_dataset(options(release, tmp_path, **kw)).content_hash)
+    assert len(hashes) == 5
+
+
+EXPECTED_LIMIT5_SEED0 = {
+    "../../etc/passwd",  # sorted index 0; default_rng(0).permutation(14)[:5] = {0, 2, 3, 4, 5}
+    "common_voice_es_19600001.mp3",
+    "common_voice_es_19600002.mp3",
+    "common_voice_es_19600003.mp3",
+    "common_voice_es_19600004.mp3",
+}
+
+
+def test_selection_dedupes_splits_and_ignores_input_order() -> None:
+    clips = [
+        SourceClip(id=f"c{i}", split=s, source_path=f"c{i}.mp3", sentence=None) for s in ("a", "b") for i in range(20)
+    ]
+    picked = select_clips(clips, limit=7, seed=3)
+    assert len(picked) == 7 and {c.split for c in picked} == {"a"}  # first split wins for a repeated path
+    assert [c.id for c in select_clips(list(reversed(clips[:20])), 7, 3)] == [c.id for c in picked]
+    assert [c.id for c in select_clips(clips, 7, 4)] != [c.id for c in picked]
+    same_id = [SourceClip(id="a", split="x", source_path=p, sentence=None) for p in ("a.mp3", "a.wav")]
+    assert len({c.id for c in select_clips(same_id, None, 0)}) == 2
+
+
+def test_covost_references_are_joined_by_clip_path(release: Path, tmp_path: Path) -> None:
+    joined = build_dataset(options(release, tmp_path, covost=covost_path(release)))
+    plain = build_dataset(options(release, tmp_path))
+    for i in range(N_GOOD):
+        assert rows_by_path(joined)[good_path(i)].reference_en == SENTENCES[i][1]
+        assert rows_by_path(plain)[good_path(i)].reference_en is None
+    assert joined.info["counts"]["with_reference_en"] == N_GOOD
+    assert joined.content_hash != plain.content_hash
+    wrong = tmp_path / "covost_wrong.tsv"
+    wrong.write_text("path\tsentence\nx.mp3\thola\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="no translation column"):
+        build_dataset(options(release, tmp_path, covost=wrong))
+
+
+def test_split_selection(release: Path, tmp_path: Path) -> None:
+    test = rows_by_path(build_dataset(options(release, tmp_path, splits=("test",))))
+    assert set(test) == {good_path(i) for i in range(N_GOOD) if good_split(i) == "test"}
+    assert {r.split for r in test.values()} == {"test"}
+    both = rows_by_path(build_dataset(options(release, tmp_path, splits=("train", "dev"))))
+    assert {r.split for r in both.values()} == {"train", "dev"}
+    assert len(both) == sum(good_split(i) in ("train", "dev") for i in range(N_GOOD))
+    with pytest.raises(SourceError, match=r"no other\.tsv"):
+        build_dataset(options(release, tmp_path, splits=("other",)))
+
+
+def test_older_release_columns(tmp_path: Path) -> None:
+    legacy = make_common_voice_fixture(tmp_path / "old", n_good=2, legacy=True)
+    rows = rows_by_path(build_dataset(options(legacy, tmp_path)))
+    assert rows[good_path(1)].accents == "México" and rows[good_path(1)].variant is None
+
+
+def test_a_dataset_can_extend_a_parent(release: Path, tmp_path: Path) -> None:
+    parent = build_dataset(options(release, tmp_path, name="base", splits=("train",)))
+    child = build_dataset(options(release, tmp_path, name="more", splits=("test",), parent=parent.folder))
+    rows = rows_by_path(child)
+    expected = {good_path(i) for i in range(N_GOOD) if good_split(i) in ("train", "test")}
+    assert set(rows) == expected
+    assert child.info["parent"]["content_hash"] == parent.content_hash
+    assert child.info["counts"]["inherited"] == len(rows_by_path(parent))
+    for path, row in rows_by_path(parent).items():
+        assert (child.folder / rows[path].audio).read_bytes() == (parent.folder / row.audio).read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------- other sources
+
+
+def test_folder_source_with_optional_transcripts(release: Path, tmp_path: Path) -> None:
+    folder = write_folder_fixture(tmp_path, release)
+    result = build_dataset(options(folder, tmp_path, source="folder", splits=("all",), name="rec"))
+    rows = rows_by_path(result)
+    assert {p: r.sentence for p, r in rows.items()} == {
+        "uno.wav": SENTENCES[0][0],  # transcripts.tsv
+        "session2/dos.flac": SENTENCES[1][0],  # transcripts.tsv (stereo 44.1 kHz flac)
+        "session2/tres.mp3": SENTENCES[2][0],  # tres.txt sidecar
+        "sin_texto.mp3": None,  # no transcript: kept, sentence null
+    }
+    assert rows["session2/dos.flac"].id == "session2_dos"
+    for row in rows.values():
+        info = sf.info(str(result.folder / row.audio))
+        assert (info.samplerate, info.channels) == (16_000, 1)
+    assert {r["source_path"]: r["reason"] for r in report(result)["rejections"]} == {
+        "roto.wav": "corrupt",
+        "../secret.wav": "unsafe_path",
+    }
+
+
+class RecordingLoader:
+    """Stands in for datasets.load_dataset: serves the fixture as the hub would (streamed, Audio column)."""
+
+    def __init__(self, release: Path) -> None:
+        self.release = release
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, name: str, config: str | None, **kw: Any) -> Any:
+        self.calls.append({"name": name, "config": config, **kw})
+        return hf_dataset_from_release(self.release, kw["split"])
+
+
+HF_NAME = "mozilla-foundation/common_voice_11_0"
+
+
+def hf_options(tmp_path: Path, **kw: Any) -> IngestOptions:
+    base: dict[str, Any] = dict(
+        source="hf",
+        splits=("test",),
+        out=tmp_path,
+        name="hf",
+        hf_name=HF_NAME,
+        hf_config="es",
+        hf_token="hf_secret",
+        show_progress=False,
+    )
+    return IngestOptions(**(base | kw))
+
+
+def test_hf_source_through_an_injected_loader(release: Path, tmp_path: Path) -> None:
+    loader = RecordingLoader(release)
+    result = build_dataset(hf_options(tmp_path, covost=covost_path(release)), loader=loader)
+    assert loader.calls == [
+        {
+            "name": "mozilla-foundation/common_voice_11_0",
+            "config": "es",
+            "split": "test",
+            "streaming": True,
+            "token": "hf_secret",
+        }
+    ]
+    rows = rows_by_path(result)
+    good = [i for i in range(N_GOOD) if good_split(i) == "test"]
+    assert set(rows) == {good_path(i) for i in good}  # archive prefix "es_test_0/" dropped: CoVoST's key
+    for i in good:
+        row = rows[good_path(i)]
+        assert (row.sentence, row.reference_en, row.split) == (SENTENCES[i][0], SENTENCES[i][1], "test")
+    assert rows[good_path(5)].accents == "Rioplatense"  # the hub's `accent` column
+    reasons = {r["source_path"]: r["reason"] for r in report(result)["rejections"]}
+    assert reasons == {p: r for p, r in BAD_ROWS.items() if r not in ("missing_file", "unsafe_path")}
+    # Same mp3 bytes as the release: the same normalized WAVs as the Common Voice reader makes.
+    cv = build_dataset(options(release, tmp_path / "cv", splits=("test",)))
+    for path, row in rows.items():
+        assert (result.folder / row.audio).read_bytes() == (cv.folder / rows_by_path(cv)[path].audio).read_bytes()
+    for name in (MANIFEST_NAME, REPORT_JSON, DATASET_JSON):
+        assert "hf_secret" not in (result.folder / name).read_text(encoding="utf-8")
+
+
+def test_hf_limit_and_seed_are_reproducible(release: Path, tmp_path: Path) -> None:
+    runs = [
+        build_dataset(hf_options(tmp_path / str(k), limit=3, seed=7), loader=RecordingLoader(release)) for k in range(2)
+    ]
+    assert runs[0].content_hash == runs[1].content_hash
+    assert runs[0].report.selected == 3
+
+
+def test_hf_failures_are_fast_and_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def refuse(*args: Any, **kw: Any) -> Any:
+        raise ConnectionError("Couldn't reach 'x' on the Hub")
+
+    with pytest.raises(SourceError, match=r"cannot open Hugging Face dataset 'ds'.*ConnectionError"):
+        read_hf("ds", "es", ["test"], limit=None, seed=0, loader=refuse)  # raises before any row is read
+
+    # The default path asks the hub once (fails in milliseconds offline) before datasets' retry loop.
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda self, *a, **kw: refuse())
+    monkeypatch.setattr("data_prep.sources.default_hf_loader", lambda *a, **kw: pytest.fail("loader called"))
+    start = time.monotonic()
+    with pytest.raises(SourceError, match="HF_HUB_OFFLINE"):
+        build_dataset(hf_options(tmp_path))
+    assert time.monotonic() - start < 5
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_hub("mozilla-foundation/common_voice_11_0", None)  # offline: the cache decides, no network check
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_ingest_and_summary(release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "ingest",
+        "--source",
+        "common_voice",
+        "--path",
+        str(release),
+        "--split",
+        "validated",
+        "--covost",
+        str(covost_path(release)),
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"selected {N_GOOD + len(BAD_ROWS)} = accepted {N_GOOD} + rejected {len(BAD_ROWS)}" in out
+    assert f"{N_GOOD} with an English reference" in out and "(new)" in out
+    folders = list((tmp_path / "common_voice-validated").iterdir())
+    assert len(folders) == 1 and (folders[0] / DATASET_JSON).is_file()
+    assert main(argv) == 0
+    assert "reused" in capsys.readouterr().out
+
+    hf = ["ingest", "--source", "hf", "--hf-name", "cv", "--hf-config", "es", "--out", str(tmp_path), "--no-progress"]
+    assert main(hf, loader=RecordingLoader(release)) == 0
+    assert (tmp_path / "hf-test").is_dir()
+
+    assert main(["ingest", "--source", "common_voice", "--out", str(tmp_path)]) == 2
+    assert "--path is required" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- ClearML (no server here)
+
+
+class FakeDataset:
+    """Records what register() asks of clearml.Dataset; the stand-in server test will exercise the real SDK."""
+
+    registry: ClassVar[list[FakeDataset]] = []
+
+    def __init__(self, **kw: Any) -> None:
+        self.kw, self.files, self.metadata, self.tables, self.state = kw, [], {}, [], "created"
+        self.id, self.version = f"ds{len(self.registry)}", kw.get("dataset_version") or "1.0.0"
+
+    @classmethod
+    def create(cls, **kw: Any) -> FakeDataset:
+        cls.registry.append(ds := cls(**kw))
+        return ds
+
+    @classmethod
+    def list_datasets(cls, dataset_project: str, partial_name: str, tags: list[str], only_completed: bool) -> list:
+        return [
+            {"id": d.id, "name": d.kw["dataset_name"], "project": d.kw["dataset_project"], "version": d.version}
+            for d in cls.registry
+            if d.state == "final" and partial_name in d.kw["dataset_name"] and set(tags) <= set(d.kw["dataset_tags"])
+        ]
+
+    def add_files(self, path: str) -> int:
+        self.files.append(path)
+        return 1
+
+    def set_metadata(self, metadata: Any, metadata_name: str, ui_visible: bool) -> None:
+        self.metadata[metadata_name] = metadata
+
+    def get_logger(self) -> Any:
+        return self
+
+    def report_table(self, **kw: Any) -> None:
+        self.tables.append(kw)
+
+    def upload(self) -> None:
+        self.state = "uploaded"
+
+    def finalize(self) -> None:
+        self.state = "final"
+
+
+def test_clearml_registration_reuses_identical_content(release: Path, tmp_path: Path) -> None:
+    FakeDataset.registry = []
+    result = build_dataset(options(release, tmp_path, covost=covost_path(release)))
+    target = ClearMLTarget(project="s2st/datasets", name="cv")
+    first = register(result, target, dataset_cls=FakeDataset)
+    assert not first.reused and len(FakeDataset.registry) == 1
+    ds = FakeDataset.registry[0]
+    assert content_tag(result.content_hash) in ds.kw["dataset_tags"] and ds.files == [str(result.folder)]
+    assert ds.metadata["ingest"]["counts"]["accepted"] == N_GOOD
+    preview = ds.tables[0]["table_plot"]
+    assert len(preview) == N_GOOD and "speaker" not in preview.columns
+    again = register(result, target, dataset_cls=FakeDataset)
+    assert again.reused and again.dataset_id == first.dataset_id and len(FakeDataset.registry) == 1
+    other = build_dataset(options(release, tmp_path, limit=3))
+    assert not register(other, target, dataset_cls=FakeDataset).reused
+    assert not register(result, ClearMLTarget("s2st/datasets", "cv-copy"), dataset_cls=FakeDataset).reused
+
+
+def test_wav_is_written_from_load_audio_not_resampled_twice(release: Path, tmp_path: Path) -> None:
+    result = build_dataset(options(release, tmp_path, splits=("train",)))
+    row = rows_by_path(result)[good_path(0)]
+    expected = load_audio(release / "clips" / good_path(0)).samples
+    written, sr = sf.read(str(result.folder / row.audio), dtype="int16")
+    assert sr == 16_000
+    np.testing.assert_array_equal(written, to_pcm16(expected))  # steps.audio's decode + resample, written once

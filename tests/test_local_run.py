@@ -1,0 +1,158 @@
+"""End to end: `python -m clearml_pipeline run --local` on real Spanish speech plus bad inputs, fixture models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.speech import SPANISH_SENTENCES, speak, tone
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    speak(SPANISH_SENTENCES[0], folder / "a_hola.wav", rate=22050)
+    speak(SPANISH_SENTENCES[1], folder / "b_gato.mp3", rate=48000, channels=2)
+    speak(SPANISH_SENTENCES[2], folder / "nested" / "c_playa.flac", rate=44100)
+    # 40 s of speech: longer than Whisper's window, under the run's --max-audio-seconds 60.
+    long_clip = folder / "d_long.wav"
+    speak(" ".join(SPANISH_SENTENCES * 4), long_clip, rate=16000)
+    data, sr = sf.read(str(long_clip))
+    sf.write(str(long_clip), np.tile(data, int(np.ceil(40 * sr / len(data))))[: 40 * sr], sr)
+    tone(folder / "e_silence.wav", 3.0)
+    (folder / "f_empty.wav").write_bytes(b"")
+    (folder / "g_corrupt.mp3").write_bytes(os.urandom(4000))
+    tone(folder / "h_too_long.ogg", 70.0, amplitude=0.2)
+    (folder / "notes.txt").write_text("not audio: ignored")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(inputs: Path, fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("out")
+    env = {**os.environ, "S2ST_FIXTURES_DIR": str(fixture_caches.root)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clearml_pipeline",
+            "run",
+            "--local",
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--models",
+            "fixtures",
+            "--max-audio-seconds",
+            "60",
+            "--batch-size",
+            "4",
+            "--st-max-new-tokens",
+            "16",
+            "--mt-max-new-tokens",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return {
+        "proc": proc,
+        "out": out,
+        "rows": {r["id"]: r for r in rows},
+        "order": [r["id"] for r in rows],
+        "summary": json.loads((out / "summary.json").read_text()),
+    }
+
+
+def test_every_input_is_a_row_in_input_order_and_the_exit_status_reports_failures(run: dict[str, Any]) -> None:
+    assert run["proc"].returncode == 1, run["proc"].stderr[-2000:]
+    assert run["order"] == [
+        "a_hola",
+        "b_gato",
+        "d_long",
+        "e_silence",
+        "f_empty",
+        "g_corrupt",
+        "h_too_long",
+        "nested__c_playa",
+    ]
+
+
+@pytest.mark.parametrize("item", ["a_hola", "b_gato", "nested__c_playa", "d_long"])
+def test_speech_is_translated_and_synthesized(run: dict[str, Any], item: str) -> None:
+    row = run["rows"][item]
+    assert row["status"] == "ok" and row["error"] is None and not row["no_speech"]
+    assert row["en_text"] and row["zh_text"]
+    info = sf.info(str(run["out"] / row["zh_audio"]))
+    assert (info.samplerate, info.subtype, info.channels) == (24000, "PCM_16", 1)
+    assert info.duration == pytest.approx(row["zh_audio_seconds"], abs=0.01)
+    stages = {"input", "speech_translation", "machine_translation", "speech_synthesis", "total"}
+    assert set(row["latency_s"]) == stages
+    assert row["latency_s"]["total"] == pytest.approx(sum(v for k, v in row["latency_s"].items() if k != "total"))
+    assert row["source"].endswith(Path(row["source"]).name)
+
+
+def test_long_audio_is_translated_whole(run: dict[str, Any]) -> None:
+    assert run["rows"]["d_long"]["audio_seconds"] == pytest.approx(40.0, abs=0.05)
+
+
+def test_silence_is_an_empty_translation_with_no_audio(run: dict[str, Any]) -> None:
+    row = run["rows"]["e_silence"]
+    assert row["status"] == "ok" and row["no_speech"] is True
+    assert row["en_text"] == "" and row["zh_text"] == "" and row["zh_audio"] is None
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [("f_empty", "empty file"), ("g_corrupt", "not decodable"), ("h_too_long", "over the 60 s limit")],
+)
+def test_bad_inputs_are_error_rows(run: dict[str, Any], item: str, message: str) -> None:
+    row = run["rows"][item]
+    assert row["status"] == "error" and row["stage"] == "input" and message in row["error"]
+    assert row["zh_audio"] is None
+
+
+def test_summary_counts_models_throughput_and_versions(run: dict[str, Any]) -> None:
+    summary = run["summary"]
+    assert summary["counts"] == {
+        "items": 8,
+        "ok": 5,
+        "error": 3,
+        "no_speech": 1,
+        "with_unsayable_text": summary["counts"]["with_unsayable_text"],
+    }
+    models = {m["role"]: m for m in summary["models"]}
+    assert models["speech_translation"]["model_id"] == "openai/whisper-large"
+    assert models["machine_translation"]["model_id"] == "Helsinki-NLP/opus-mt-en-zh"
+    assert len(models["speech_translation"]["revision"]) == 40
+    assert models["vocoder"]["model_id"] == "parallel_wavegan/csmsc_hifigan.v1"
+    for name in ("speech_translation", "machine_translation", "speech_synthesis"):
+        stage = summary["stages"][name]
+        assert stage["items_per_s"] > 0 and stage["latency_s"]["p50"] <= stage["latency_s"]["p95"]
+    assert summary["stages"]["speech_translation"]["items"] == 5
+    assert summary["stages"]["speech_synthesis"]["items"] == 4
+    assert summary["versions"]["transformers"] and summary["versions"]["espnet"]
+    assert summary["config"]["runner"]["models"] == "fixtures"
+    assert {p.name for p in (run["out"] / "audio").iterdir()} == {
+        "a_hola.wav",
+        "b_gato.wav",
+        "d_long.wav",
+        "nested__c_playa.wav",
+    }
+
+
+def test_progress_and_summary_are_printed(run: dict[str, Any]) -> None:
+    assert "5/8 ok, 3 error, 1 no speech" in run["proc"].stdout
+    assert "translating" in run["proc"].stderr  # tqdm's bar

@@ -1,0 +1,217 @@
+"""The streaming runtime: every row accounted for, a killed worker loses nothing, Ctrl-C ends cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clearml_pipeline.config import RunConfig
+from clearml_pipeline.results import ItemResult
+from clearml_pipeline.stages import STAGES, StepContext
+from clearml_pipeline.streaming import (
+    StreamingOptions,
+    StreamingRunner,
+    auto_replicas,
+    parse_ratio,
+    plan,
+    thread_budget,
+)
+from registry.model_sets import apply_model_set
+from tests.speech import SPANISH_SENTENCES, speak, tone
+
+NAMES = [spec.name for spec in STAGES]
+
+
+def test_ratios_threads_and_auto_replicas() -> None:
+    assert parse_ratio("1:1:2", "replicas") == [1, 1, 2]
+    with pytest.raises(ValueError, match="3 positive integers"):
+        parse_ratio("1:0:1", "replicas")
+    gpu = {"speech_translation": True, "machine_translation": True, "speech_synthesis": False}
+    assert thread_budget({"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 4}, gpu, 16) == {
+        "speech_translation": 1,
+        "machine_translation": 1,
+        "speech_synthesis": 4,
+    }
+    cpu = dict.fromkeys(NAMES, False)
+    assert thread_budget(dict.fromkeys(NAMES, 1), cpu, 2) == dict.fromkeys(NAMES, 1)
+    # The slow stage gets the replicas; GPU stages keep one.
+    costs = {"speech_translation": 0.1, "machine_translation": 0.1, "speech_synthesis": 0.8}
+    assert auto_replicas(costs, cpu, 10) == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 8}
+    assert auto_replicas(costs, gpu, 8)["speech_synthesis"] == 8
+    replicas, threads = plan(StreamingOptions(replicas="auto"), cpu, 10, lambda: costs)
+    assert replicas["speech_synthesis"] == 8 and threads == dict.fromkeys(NAMES, 1)
+
+
+@pytest.fixture(scope="module")
+def config(fixture_caches: Any) -> RunConfig:
+    config = RunConfig()
+    config.runner.models = "fixtures"
+    apply_model_set(config)
+    config.speech_translation.max_new_tokens = 8
+    config.machine_translation.max_new_tokens = 8
+    config.speech_synthesis.maxlenratio = 4.0
+    return config
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    paths = [speak(text, folder / f"{i}.wav") for i, text in enumerate(SPANISH_SENTENCES)]
+    paths.append(tone(folder / "silence.wav", 2.0))
+    (folder / "broken.wav").write_bytes(b"RIFF....garbage")
+    return [*paths, folder / "broken.wav"]
+
+
+def rows_for(clips: list[Path], copies: int) -> list[ItemResult]:
+    return [ItemResult(f"{p.stem}-{k}", str(p)) for k in range(copies) for p in clips]
+
+
+class KillOnce(StreamingRunner):
+    """Kills the first worker of `victim` as soon as it holds a row (SIGKILL: no cleanup, like an OOM kill)."""
+
+    victim = "speech_synthesis"
+    killed = False
+
+    def _dispatch(self, pending: Any) -> None:
+        super()._dispatch(pending)
+        for worker in self.workers.values():
+            if not self.killed and worker.spec.name == self.victim and worker.held:
+                os.kill(worker.process.pid, signal.SIGKILL)
+                self.killed = True
+
+
+@pytest.mark.parametrize(("retries", "expect_lost"), [(1, False), (0, True)])
+def test_a_killed_worker_loses_no_row(
+    config: RunConfig, clips: list[Path], tmp_path: Path, retries: int, expect_lost: bool
+) -> None:
+    options = StreamingOptions(retries=retries, max_wait_ms=5)
+    runner = KillOnce(config, options, StepContext(tmp_path, 60.0), dict.fromkeys(NAMES, 1), dict.fromkeys(NAMES, 1))
+    rows = rows_for(clips, 2)
+    try:
+        runner.start()
+        done = runner.run(rows)
+    finally:
+        runner.close()
+    assert runner.killed and runner.stats.restarts == 1
+    assert [r.id for r in done] == [r.id for r in rows]  # every row, in input order
+    died = [r for r in done if r.error and "worker process died" in r.error]
+    assert bool(died) is expect_lost
+    assert all(r.stage == "speech_synthesis" for r in died)
+    speech = [r for r in done if not r.id.startswith(("silence", "broken"))]
+    assert all(r.ok for r in speech if r not in died)
+    assert all(r.zh_audio and (tmp_path / r.zh_audio).exists() for r in speech if r.ok)
+    broken = [r for r in done if r.id.startswith("broken")]
+    assert all(r.stage == "input" for r in broken)
+    assert all(r.no_speech for r in done if r.id.startswith("silence"))
+    assert all(not w.process.is_alive() for w in runner.workers.values())
+
+
+def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[Path], tmp_path: Path) -> None:
+    folder = clips[0].parent
+    base = [
+        sys.executable,
+        "-m",
+        "clearml_pipeline",
+        "run",
+        "--local",
+        "--input",
+        str(folder),
+        "--models",
+        "fixtures",
+        "--st-max-new-tokens",
+        "8",
+        "--mt-max-new-tokens",
+        "8",
+        "--tts-maxlenratio",
+        "4",
+    ]
+    env = {**os.environ, "S2ST_FIXTURES_DIR": os.environ["S2ST_FIXTURES_DIR"]}
+    outputs = {}
+    for runtime in ("inprocess", "streaming"):
+        out = tmp_path / runtime
+        proc = subprocess.run(
+            [*base, "--output", str(out), "--runtime", runtime, "--replicas", "1:1:2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert proc.returncode == 1, proc.stderr[-2000:]  # the broken clip
+        outputs[runtime] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    keys = ("id", "status", "stage", "en_text", "zh_text", "no_speech", "zh_audio")
+    assert [{k: r[k] for k in keys} for r in outputs["streaming"]] == [
+        {k: r[k] for k in keys} for r in outputs["inprocess"]
+    ]
+    summary = json.loads((tmp_path / "streaming" / "summary.json").read_text())
+    assert summary["streaming"]["replicas"] == {
+        "speech_translation": 1,
+        "machine_translation": 1,
+        "speech_synthesis": 2,
+    }
+    assert summary["streaming"]["cold_start_s"] > 0
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        for child in map(int, children):
+            found |= {child} | _children(child)
+    return found
+
+
+def test_ctrl_c_ends_the_run_cleanly_with_every_row_written(clips: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(12):
+        (folder / f"{k:02d}.wav").write_bytes(clips[k % 3].read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clearml_pipeline",
+            "run",
+            "--local",
+            "--runtime",
+            "streaming",
+            "--input",
+            str(folder),
+            "--output",
+            str(out),
+            "--models",
+            "fixtures",
+            "--st-max-new-tokens",
+            "8",
+            "--mt-max-new-tokens",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    deadline = time.monotonic() + 300
+    workers: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers |= _children(proc.pid)
+        if (out / "audio").exists() and any((out / "audio").glob("0*.wav")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"{k:02d}" for k in range(12)]
+    assert any(r["status"] == "ok" for r in rows)
+    assert any(r["stage"] == "interrupted" for r in rows)
+    assert workers and not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
