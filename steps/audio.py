@@ -47,15 +47,20 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(samples.astype(np.float32, copy=False), orig_sr, target_sr, quality="VHQ")
 
 
-def load_audio(path: str | Path, target_sr: int = WHISPER_SAMPLE_RATE) -> Audio:
-    """Decode `path` to mono float32 at `target_sr`, or raise AudioError with a reason a person can act on."""
-    path = Path(path)
+def check_file(path: Path) -> None:
+    """Missing and empty files get their own messages (libsndfile would call both 'format not recognised')."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise AudioError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
     if size == 0:
         raise AudioError(f"{path.name} is an empty file (0 bytes)")
+
+
+def load_audio(path: str | Path, target_sr: int = WHISPER_SAMPLE_RATE) -> Audio:
+    """Decode `path` to mono float32 at `target_sr`, or raise AudioError with a reason a person can act on."""
+    path = Path(path)
+    check_file(path)
     try:
         samples, sr = sf.read(str(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -70,6 +75,7 @@ def load_audio(path: str | Path, target_sr: int = WHISPER_SAMPLE_RATE) -> Audio:
 
 def probe_seconds(path: str | Path) -> float:
     """Duration from the file header, without decoding (cheap enough for manifests and length limits)."""
+    check_file(Path(path))
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
