@@ -292,6 +292,7 @@ class StreamingRunner:
                 worker.process.join(timeout=5)
             if worker.process.is_alive():
                 worker.process.kill()
+                worker.process.join(timeout=5)
         for worker in self.workers.values():
             worker.inbox.cancel_join_thread()
         self.outbox.cancel_join_thread()

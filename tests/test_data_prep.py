@@ -29,12 +29,10 @@ from tests.cv_fixture import (
     good_split,
     hf_dataset_from_release,
     make_common_voice_fixture,
-    tools_available,
     write_folder_fixture,
 )
 
 N_GOOD = 6
-pytestmark = pytest.mark.skipif(not tools_available(), reason="needs espeak-ng and sox (apt-get install espeak-ng sox)")
 
 
 @pytest.fixture(scope="module")

@@ -298,7 +298,7 @@ def test_an_interrupted_build_is_not_taken_for_complete(tmp_path: Path, monkeypa
     (tmp_path / fx.MARKER).write_text(json.dumps(fx.marker_content(caches)))
     assert fx.is_complete(caches)
 
-    def crash(caches: FixtureCaches, staging: Path) -> None:
+    def crash(caches: FixtureCaches, staging: Path, full: bool = False) -> None:
         (caches.hf_hub_cache / "half").mkdir(parents=True)
         raise KeyboardInterrupt
 

@@ -180,3 +180,11 @@ def test_one_bad_item_never_takes_down_the_batch() -> None:
     assert results[1].error == "RuntimeError: unlucky" and results[2].error == "negative"
     assert stage.calls[0] == [1, 13, -1, 4] and [13] in stage.calls
     assert stage.stats.items == 4 and stage.stats.errors == 2
+
+
+def test_griffin_lim_is_the_no_vocoder_option(config: RunConfig) -> None:
+    options = type(config.speech_synthesis)(**{**vars(config.speech_synthesis), "vocoder": "griffin_lim"})
+    stage = EspnetSynthesizer(options)
+    (result,) = stage.run(["你好。"])
+    assert result.ok and result.output.sample_rate == 24_000 and len(result.output.samples) > 0
+    assert {m.role: m.model_id for m in stage.models()}["vocoder"] == "griffin_lim"
