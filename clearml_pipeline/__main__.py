@@ -91,21 +91,21 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from clearml_pipeline.bench import BenchOptions, format_table, run_bench
+    from clearml_pipeline.bench import BenchOptions, format_table, run_bench, track
     from clearml_pipeline.streaming import StreamingOptions
 
     config, items = prepare(args)
-    report = run_bench(
-        config,
-        section_from_args(args, StreamingOptions(), ""),
-        section_from_args(args, BenchOptions(), ""),
-        items,
-        args.output,
-    )
+    options = section_from_args(args, BenchOptions(), "")
+    report = run_bench(config, section_from_args(args, StreamingOptions(), ""), options, items, args.output)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "bench.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    bench_json = args.output / "bench.json"
+    bench_json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    report["clearml_session"] = track(report, args.output, options.tracking)
+    bench_json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     print(format_table(report))
-    print(f"bench: {args.output / 'bench.json'}")
+    print(f"bench: {bench_json}")
+    if report["clearml_session"]:
+        print(f"ClearML offline session: {report['clearml_session']} (upload: clearml-task --import-offline-session)")
     return EXIT_OK if report["errors"] == 0 else EXIT_ITEMS_FAILED
 
 

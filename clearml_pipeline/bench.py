@@ -40,6 +40,7 @@ class BenchOptions:
     requests: int = 24
     rate: float = 0.0  # open-loop arrivals per second; 0: closed loop (every request queued at the start)
     standalone_items: int = 12  # items per stage for the standalone rates
+    tracking: str = "offline"  # ClearML task: offline (session under OUT/clearml), server, or none
 
 
 @dataclass
@@ -199,6 +200,38 @@ def run_bench(
         "config": config.to_dict() | {"streaming": asdict(sopts), "bench": asdict(bopts)},
     }
     return report
+
+
+def track(report: dict[str, Any], out: Path, mode: str) -> str | None:
+    """Record the bench as a ClearML task with the same scalar names every time; returns the offline session."""
+    if mode == "none":
+        return None
+    from clearml_pipeline.tracking import Tracker
+
+    replicas = ":".join(str(report["replicas"][s.name]) for s in STAGES)
+    tracker = Tracker(f"bench {replicas}", out, offline=mode == "offline")
+    for section, params in report["config"].items():
+        tracker.connect(dict(params), name=section)
+    for key in (
+        "speedup",
+        "bottleneck_efficiency",
+        "end_to_end_items_per_s",
+        "baseline_items_per_s",
+        "ceiling_items_per_s",
+        "cold_start_s",
+    ):
+        tracker.scalar("summary", key, report[key])
+    for q, value in report["end_to_end_latency_s"].items():
+        tracker.scalar("end_to_end_latency_s", q, value)
+    for name, stage in report["stages"].items():
+        tracker.scalar("standalone_items_per_s", name, stage["standalone_items_per_s"])
+        tracker.scalar("capacity_items_per_s", name, stage["capacity_items_per_s"])
+        for q, value in stage["latency_s"].items():
+            tracker.scalar(f"latency_s/{name}", q, value)
+        tracker.scalar("queue_wait_p50_s", name, stage["queue_wait_s"]["p50"])
+    tracker.artifact("bench", out / "bench.json")
+    session = tracker.close()
+    return str(session) if session else None
 
 
 def _baseline_stage_rate(rows: list[ItemResult], name: str) -> float | None:

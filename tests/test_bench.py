@@ -1,0 +1,90 @@
+"""`python -m clearml_pipeline bench` end to end on the fixtures: bench.json, the table, the ClearML session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.speech import SPANISH_SENTENCES, speak
+
+
+@pytest.fixture(scope="module")
+def bench(fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    clips = tmp_path_factory.mktemp("clips")
+    for i, text in enumerate(SPANISH_SENTENCES):
+        speak(text, clips / f"{i}.wav")
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clearml_pipeline",
+            "bench",
+            "--input",
+            str(clips),
+            "--output",
+            str(out),
+            "--models",
+            "fixtures",
+            "--requests",
+            "6",
+            "--standalone-items",
+            "3",
+            "--replicas",
+            "1:1:2",
+            "--st-max-new-tokens",
+            "8",
+            "--mt-max-new-tokens",
+            "8",
+            "--tts-maxlenratio",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "stdout": proc.stdout, "report": json.loads((out / "bench.json").read_text())}
+
+
+def test_bench_json_has_the_headline_figures(bench: dict[str, Any]) -> None:
+    report = bench["report"]
+    assert report["requests"] == report["ok"] == 6
+    assert report["speedup"] == pytest.approx(report["end_to_end_items_per_s"] / report["baseline_items_per_s"])
+    assert report["bottleneck_efficiency"] == pytest.approx(
+        report["end_to_end_items_per_s"] / report["ceiling_items_per_s"]
+    )
+    assert report["replicas"] == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 2}
+    assert set(report["threads"]) == set(report["replicas"]) and min(report["threads"].values()) >= 1
+    for name, stage in report["stages"].items():
+        assert stage["standalone_items_per_s"] > 0 and stage["cpu_s_per_item"] > 0
+        assert stage["capacity_items_per_s"] == pytest.approx(
+            stage["standalone_items_per_s"] * report["replicas"][name]
+        )
+    assert report["ceiling_items_per_s"] <= min(s["capacity_items_per_s"] for s in report["stages"].values())
+    assert report["cold_start_s"] > 0 and report["hardware"]["cores"] >= 1
+
+
+def test_the_table_is_printed(bench: dict[str, Any]) -> None:
+    assert "speedup" in bench["stdout"] and "bottleneck efficiency" in bench["stdout"]
+    assert "speech_synthesis" in bench["stdout"]
+
+
+def test_the_bench_is_an_offline_clearml_task_with_stable_scalars(bench: dict[str, Any]) -> None:
+    session = Path(bench["report"]["clearml_session"])
+    assert session.parent == bench["out"] / "clearml" and session.suffix == ".zip"
+    with zipfile.ZipFile(session) as archive:
+        names = archive.namelist()
+        text = "".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".json", ".jsonl")))
+    for scalar in ("speedup", "bottleneck_efficiency", "end_to_end_items_per_s", "standalone_items_per_s"):
+        assert scalar in text
+    assert "bench.json" in text or any(n.endswith("bench.json") for n in names)
