@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from clearml_pipeline.config import RunConfig
-from clearml_pipeline.results import ItemResult, versions
+from clearml_pipeline.results import ItemResult, percentiles, versions
 from clearml_pipeline.runner import InputItem
 from clearml_pipeline.stages import STAGES, StageSpec, StepContext, build_stage, finish
 from clearml_pipeline.streaming import (
@@ -30,6 +30,7 @@ from clearml_pipeline.streaming import (
     available_cores,
     is_gpu_stage,
     plan,
+    warm_up,
 )
 
 SEED_BASELINE = {"speech_translation": 1.29, "machine_translation": 9.65, "speech_synthesis": 0.32}
@@ -60,10 +61,7 @@ def expand(items: list[InputItem], n: int) -> list[ItemResult]:
     return rows
 
 
-def pct(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 95, 99)}
+TAIL = (50, 95, 99)  # latency percentiles the bench reports
 
 
 def sequential(config: RunConfig, rows: list[ItemResult], ctx: StepContext) -> tuple[list[ItemResult], float]:
@@ -75,9 +73,9 @@ def sequential(config: RunConfig, rows: list[ItemResult], ctx: StepContext) -> t
             options.batch_size = 1
         stages[spec.name] = build_stage(spec, options)
         stages[spec.name].ensure_ready()
-    warm = [ItemResult("__warmup__", rows[0].source)]
+    ctx.out.mkdir(parents=True, exist_ok=True)
     for spec in STAGES:
-        spec.step(stages[spec.name], warm, ctx)
+        warm_up(stages[spec.name], spec, ctx, worker_id=0)
     start = time.monotonic()
     for row in rows:
         for spec in STAGES:
@@ -179,16 +177,18 @@ def run_bench(
         "open_loop_rate": bopts.rate or None,
         "replicas": replicas,
         "threads": threads,
-        "end_to_end_latency_s": pct([r.latency_s["end_to_end"] for r in rows if "end_to_end" in r.latency_s]),
-        "baseline_latency_s": pct([r.latency_s["total"] for r in baseline_rows]),
+        "end_to_end_latency_s": percentiles(
+            [r.latency_s["end_to_end"] for r in rows if "end_to_end" in r.latency_s], TAIL
+        ),
+        "baseline_latency_s": percentiles([r.latency_s["total"] for r in baseline_rows], TAIL),
         "stages": {
             spec.name: {
                 "standalone_items_per_s": rates[spec.name].items_per_s,
                 "cpu_s_per_item": rates[spec.name].cpu_s_per_item,
                 "capacity_items_per_s": capacity[spec.name],
                 "device": "gpu" if gpu[spec.name] else "cpu",
-                "latency_s": pct([r.latency_s[spec.name] for r in rows if spec.name in r.latency_s]),
-                "queue_wait_s": pct(runner.stats.queue_wait_s.get(spec.name, [])),
+                "latency_s": percentiles([r.latency_s[spec.name] for r in rows if spec.name in r.latency_s], TAIL),
+                "queue_wait_s": percentiles(runner.stats.queue_wait_s.get(spec.name, []), TAIL),
                 "mean_batch": float(np.mean(runner.stats.batch_sizes.get(spec.name, [0]))),
                 "baseline_items_per_s": _baseline_stage_rate(baseline_rows, spec.name),
                 "seed_items_per_s": SEED_BASELINE[spec.name],

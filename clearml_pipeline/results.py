@@ -63,10 +63,8 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None}
-    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
+def percentiles(values: list[float], quantiles: tuple[int, ...] = (50, 95)) -> dict[str, float | None]:
+    return {f"p{q}": float(np.percentile(values, q)) if values else None for q in quantiles}
 
 
 def versions() -> dict[str, str]:

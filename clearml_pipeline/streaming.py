@@ -65,7 +65,6 @@ class Delivery:
 class Worker:
     id: int
     spec: StageSpec
-    threads: int
     process: SpawnProcess
     inbox: Queue[Any]
     ready: bool = False
@@ -82,8 +81,6 @@ class StreamStats:
     busy_s: dict[str, float] = field(default_factory=dict)
     restarts: int = 0
     interrupted: bool = False
-    replicas: dict[str, int] = field(default_factory=dict)
-    threads: dict[str, int] = field(default_factory=dict)
 
 
 def parse_ratio(text: str, what: str) -> list[int]:
@@ -231,7 +228,7 @@ class StreamingRunner:
         self.outbox: Queue[Any] = SPAWN.Queue()
         self.workers: dict[int, Worker] = {}
         self.next_id = 0
-        self.stats = StreamStats(replicas=dict(replicas), threads=dict(threads))
+        self.stats = StreamStats()
         self.models: dict[str, list[ModelInfo]] = {}  # what the workers loaded, per stage
 
     # -- workers ---------------------------------------------------------------------------------------------
@@ -257,7 +254,7 @@ class StreamingRunner:
             daemon=True,
         )
         process.start()
-        worker = Worker(worker_id, spec, self.threads[spec.name], process, inbox)
+        worker = Worker(worker_id, spec, process, inbox)
         self.workers[worker_id] = worker
         return worker
 
