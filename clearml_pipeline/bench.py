@@ -210,7 +210,7 @@ def track(report: dict[str, Any], out: Path, mode: str) -> str | None:
     from clearml_pipeline.tracking import Tracker
 
     replicas = ":".join(str(report["replicas"][s.name]) for s in STAGES)
-    tracker = Tracker(f"bench {replicas}", out, offline=mode == "offline")
+    tracker = Tracker(f"bench {replicas}", out / "clearml", offline=mode == "offline")
     for section, params in report["config"].items():
         tracker.connect(dict(params), name=section)
     for key in (

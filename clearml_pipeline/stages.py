@@ -15,21 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from clearml_pipeline.results import ItemResult
+from data_prep.paths import safe_join
 from steps.audio import Audio, AudioError, load_audio, probe_seconds, write_wav
 from steps.base import Stage
-from steps.machine_translation import MachineTranslationOptions, MarianTranslator
+from steps.machine_translation import Ct2MarianTranslator, MachineTranslationOptions, MarianTranslator
 from steps.speech_synthesis import EspnetSynthesizer, SpeechSynthesisOptions
-from steps.speech_translation import SpeechTranslationOptions, WhisperTranslator
+from steps.speech_translation import FasterWhisperTranslator, SpeechTranslationOptions, WhisperTranslator
 
 AUDIO_DIR = "audio"
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """What steps need besides their stage: where audio goes and how long an input may be."""
+    """What steps need besides their stage: where audio goes, how long an input may be, and the folder that rows'
+    relative `source` paths are inside (a dataset; None when sources are absolute local paths)."""
 
     out: Path
     max_audio_seconds: float
+    input_root: Path | None = None
+
+    def source(self, row: ItemResult) -> Path:
+        # A manifest's paths are never trusted to stay inside their dataset folder.
+        return safe_join(self.input_root, row.source) if self.input_root else Path(row.source)
 
 
 Step = Callable[[Stage[Any, Any], list[ItemResult], StepContext], None]
@@ -39,15 +46,16 @@ def load_input(row: ItemResult, ctx: StepContext) -> Audio | None:
     """Decode the row's source file; a bad file fails the row at stage "input"."""
     start = time.perf_counter()
     try:
-        if (seconds := probe_seconds(row.source)) > ctx.max_audio_seconds:
+        source = ctx.source(row)
+        if (seconds := probe_seconds(source)) > ctx.max_audio_seconds:
             raise AudioError(
-                f"{Path(row.source).name} is {seconds:.0f} s long, over the {ctx.max_audio_seconds:.0f} s limit "
+                f"{source.name} is {seconds:.0f} s long, over the {ctx.max_audio_seconds:.0f} s limit "
                 f"(--max-audio-seconds)"
             )
-        audio = load_audio(row.source)
+        audio = load_audio(source)
         row.audio_seconds = round(audio.seconds, 3)
         return audio
-    except AudioError as exc:
+    except (AudioError, ValueError) as exc:  # ValueError: a source path that leaves its dataset folder
         row.fail("input", str(exc))
         return None
     finally:
@@ -109,7 +117,7 @@ SPEECH_TRANSLATION = StageSpec(
     "speech_translation",
     "st",
     SpeechTranslationOptions,
-    {"transformers": WhisperTranslator},
+    {"transformers": WhisperTranslator, "ctranslate2": FasterWhisperTranslator},
     "gpu",
     speech_translation_step,
 )
@@ -117,7 +125,7 @@ MACHINE_TRANSLATION = StageSpec(
     "machine_translation",
     "mt",
     MachineTranslationOptions,
-    {"transformers": MarianTranslator},
+    {"transformers": MarianTranslator, "ctranslate2": Ct2MarianTranslator},
     "gpu",
     machine_translation_step,
 )

@@ -1,4 +1,4 @@
-"""ClearML tracking: every bench (and, next, every stage) is a real ClearML Task.
+"""ClearML tracking: every bench and every pipeline step is a real ClearML Task.
 
 With a server configured (clearml.conf or CLEARML_API_* variables) the task goes there; with `offline` it
 is recorded as an offline session under OUT/clearml/, which `clearml-task --import-offline-session ZIP`
@@ -28,25 +28,33 @@ sdk {{
 """
 
 
-class Tracker:
-    """A ClearML task for one run; scalar names are stable so runs compare side by side in the UI."""
+def offline_environment(folder: Path) -> dict[str, str]:
+    """Environment for offline ClearML tasks whose sessions go under `folder`: our fast settings (written once to
+    folder/clearml.conf) unless the user points CLEARML_CONFIG_FILE at their own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "clearml.conf"
+    if not config.exists():
+        config.write_text(_OFFLINE_CONFIG.format(cache=(folder / "cache").as_posix()), encoding="utf-8")
+    return {"CLEARML_CONFIG_FILE": os.environ.get("CLEARML_CONFIG_FILE", str(config)), "CLEARML_OFFLINE_MODE": "1"}
 
-    def __init__(self, name: str, out: Path, offline: bool, task_type: str = "testing") -> None:
-        self.out, self.offline = out, offline
+
+class Tracker:
+    """A ClearML task for one run; scalar names are stable so runs compare side by side in the UI.
+
+    Offline, the session zip is copied to `sessions` (OUT/clearml) when the task closes."""
+
+    def __init__(
+        self, name: str, sessions: Path, offline: bool, task_type: str = "testing", project: str = PROJECT
+    ) -> None:
+        self.sessions, self.offline = sessions, offline
         if offline:
-            folder = out / "clearml"
-            folder.mkdir(parents=True, exist_ok=True)
-            if "CLEARML_CONFIG_FILE" not in os.environ:
-                config = folder / "clearml.conf"
-                config.write_text(_OFFLINE_CONFIG.format(cache=(folder / "cache").as_posix()), encoding="utf-8")
-                os.environ["CLEARML_CONFIG_FILE"] = str(config)
-            os.environ["CLEARML_OFFLINE_MODE"] = "1"
+            os.environ.update(offline_environment(sessions))
         from clearml import Task
 
         if offline:
             Task.set_offline(True)
         self.task = Task.init(
-            project_name=PROJECT,
+            project_name=project,
             task_name=name,
             task_type=task_type,
             reuse_last_task_id=False,
@@ -73,6 +81,6 @@ class Tracker:
         if folder is None:
             return None
         zip_path = Path(f"{folder}.zip")
-        target = self.out / "clearml" / zip_path.name
+        target = self.sessions / zip_path.name
         shutil.copy2(zip_path, target)
         return target

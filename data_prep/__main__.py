@@ -100,6 +100,10 @@ def summary(result: DatasetResult) -> str:
 
 
 def ingest(args: argparse.Namespace, loader: HFLoader | None = None) -> int:
+    if args.clearml:  # a server that is down or not configured is reported now, not after the clips are converted
+        from clearml_pipeline.server import check_server
+
+        check_server()
     parent_folder: Path | None = None
     if args.parent:
         if args.clearml:
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None, loader: HFLoader | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return ingest(args, loader=loader)
-    except (SourceError, UnsafePathError, ValueError, FileNotFoundError) as exc:
+    except (SourceError, UnsafePathError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from clearml_pipeline.config import RunConfig
 
@@ -27,8 +28,9 @@ def fixtures_root(full: bool = False) -> Path:
     return Path(os.environ.get("S2ST_FIXTURES_DIR", "~/.cache/s2st/fixtures")).expanduser()
 
 
-def apply_model_set(config: RunConfig) -> None:
-    """Point the run's caches at the chosen model set (building the fixtures on first use)."""
+def apply_model_set(config: RunConfig, evaluation: Any | None = None) -> None:
+    """Point the run's caches (and the evaluation's ASR model's) at the chosen model set, building the fixtures on
+    first use. Idempotent: each pipeline step calls it again with the options it received."""
     name = config.runner.models
     if name == "hub":
         return
@@ -49,3 +51,7 @@ def apply_model_set(config: RunConfig) -> None:
     config.machine_translation.model_cache = str(caches.hf_hub_cache)
     config.speech_synthesis.model_cache = str(caches.espnet_cache)
     config.speech_synthesis.vocoder_cache = str(caches.vocoder_cache)
+    if evaluation is not None:  # intelligibility re-transcribes with the fixture Whisper, capped like stage 1
+        evaluation.asr_model_cache = str(caches.hf_hub_cache)
+        if evaluation.asr_max_new_tokens == type(evaluation)().asr_max_new_tokens:
+            evaluation.asr_max_new_tokens = FIXTURE_DECODE_CAPS["speech_translation"]

@@ -1,4 +1,7 @@
-"""End to end: `python -m clearml_pipeline run --local` on real Spanish speech plus bad inputs, fixture models."""
+"""End to end: `python -m clearml_pipeline run --local` on real Spanish speech plus bad inputs, fixture models.
+
+This is the default runtime (each pipeline step an offline ClearML task in its own process); tests/test_pipeline.py
+checks the ClearML side of the same kind of run."""
 
 from __future__ import annotations
 
@@ -155,4 +158,7 @@ def test_summary_counts_models_throughput_and_versions(run: dict[str, Any]) -> N
 
 def test_progress_and_summary_are_printed(run: dict[str, Any]) -> None:
     assert "5/8 ok, 3 error, 1 no speech" in run["proc"].stdout
-    assert "translating" in run["proc"].stderr  # tqdm's bar
+    for index, step in enumerate(("ingest", "speech_translation", "speech_synthesis", "evaluation")):
+        assert f"] {step}" in run["proc"].stdout  # "[2/5] speech_translation": each step announced
+        if index in (1, 2):
+            assert f"{step}: 100%" in run["proc"].stderr  # each stage's tqdm bar reaches the end

@@ -1,0 +1,142 @@
+"""The pipeline on a ClearML server: a PipelineController whose steps are step_task.py tasks on agent queues.
+
+`python -m clearml_pipeline run --dataset ID` registers the pipeline (versioned by PIPELINE_VERSION) and enqueues
+its controller on the services queue; the controller creates one task per step from the repository's
+clearml_pipeline/step_task.py and enqueues it on the GPU or CPU queue. The parameters users change most are
+pipeline parameters (the UI's "new run" dialog edits them); every other option is fixed per step from the command
+line and can still be edited on the step task. With --run-steps-locally the controller runs here and each step
+runs as a local process (ClearML's debugging mode), against the same server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clearml_pipeline.pipeline import (
+    PIPELINE,
+    PIPELINE_NAME,
+    PIPELINE_VERSION,
+    PROJECT,
+    STEP_SCRIPT,
+    PipelineConfig,
+    PipelineStep,
+    parameters,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Pipeline parameter -> the step parameter it sets ("section/field") in every step that has that section.
+PIPELINE_PARAMETERS: dict[str, str] = {
+    "limit": "runner/limit",
+    "batch_size": "runner/batch_size",
+    "models": "runner/models",
+    "st_model": "speech_translation/model",
+    "st_backend": "speech_translation/backend",
+    "st_batch_size": "speech_translation/batch_size",
+    "mt_model": "machine_translation/model",
+    "mt_backend": "machine_translation/backend",
+    "mt_num_beams": "machine_translation/num_beams",
+    "tts_model": "speech_synthesis/model",
+    "tts_vocoder": "speech_synthesis/vocoder",
+    "asr_model": "evaluation/asr_model",
+}
+
+
+@dataclass
+class RemoteOptions:
+    dataset: str = ""  # ClearML Dataset id (from `python -m data_prep ingest --clearml`)
+    project: str = PROJECT
+    gpu_queue: str = "gpu"
+    cpu_queue: str = "cpu"
+    services_queue: str = "services"  # where the controller itself runs
+    step_retries: int = 2  # a failed step is relaunched in place and resumes from its checkpoint
+    cache_steps: bool = True  # reuse a step's earlier task when its code and inputs are unchanged
+    run_steps_locally: bool = False  # controller here, steps as local processes (debugging; still on the server)
+    poll_seconds: float = 5.0
+
+
+def step_overrides(step: PipelineStep, config: PipelineConfig) -> dict[str, Any]:
+    """The step task's parameters: fixed values from `config`, pipeline-parameter refs where there is one."""
+    overrides = parameters(step, config)
+    overrides["step/name"] = step.name
+    overrides["step/dataset"] = "${pipeline.dataset}"
+    if step.parents:
+        overrides["step/input"] = "${%s.id}" % step.parents[0]  # noqa: UP031 (ClearML's ${...} syntax)
+    for param, key in PIPELINE_PARAMETERS.items():
+        if key in overrides:
+            overrides[key] = "${pipeline.%s}" % param  # noqa: UP031
+    return overrides
+
+
+def pipeline_defaults(config: PipelineConfig, options: RemoteOptions) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"dataset": options.dataset}
+    flat = {f"{s}/{k}": v for s, values in config.to_dict().items() for k, v in values.items()}
+    defaults.update({param: flat[key] for param, key in PIPELINE_PARAMETERS.items()})
+    defaults.update(gpu_queue=options.gpu_queue, cpu_queue=options.cpu_queue)
+    return defaults
+
+
+def task_factory(step: PipelineStep, project: str) -> Any:
+    """Creates the step's task from the repository (commit, uncommitted diff, requirements.txt) when it launches."""
+
+    def create(node: Any) -> Any:
+        from clearml import Task
+
+        return Task.create(
+            project_name=project,
+            task_name=step.name,
+            task_type=step.task_type,
+            script=str(REPO_ROOT / STEP_SCRIPT),
+            working_directory=".",
+            requirements_file=str(REPO_ROOT / "requirements.txt"),
+            add_task_init_call=False,
+        )
+
+    return create
+
+
+def build_pipeline(config: PipelineConfig, options: RemoteOptions) -> Any:
+    from clearml import PipelineController, Task
+
+    # The controller imports the package (torch included): its agent installs requirements.txt, not a guess.
+    Task.force_requirements_env_freeze(force=False, requirements_file=str(REPO_ROOT / "requirements.txt"))
+    pipe = PipelineController(
+        name=PIPELINE_NAME,
+        project=options.project,
+        version=PIPELINE_VERSION,
+        pool_frequency=options.poll_seconds / 60,  # minutes
+        add_pipeline_tags=True,
+        retry_on_failure=options.step_retries,
+    )
+    for name, value in pipeline_defaults(config, options).items():
+        pipe.add_parameter(name, "" if value is None else value)
+    for step in PIPELINE:
+        pipe.add_step(
+            name=step.name,
+            parents=list(step.parents),
+            base_task_factory=task_factory(step, options.project),
+            parameter_override=step_overrides(step, config),
+            execution_queue="${pipeline.%s_queue}" % step.queue,  # noqa: UP031
+            cache_executed_step=options.cache_steps,
+        )
+    return pipe
+
+
+def launch(config: PipelineConfig, options: RemoteOptions) -> str:
+    """Start the pipeline (enqueued for agents, or here with local steps); returns the controller task id."""
+    from clearml_pipeline.server import check_server
+
+    if not options.dataset:
+        raise ValueError(
+            "--dataset is required for a ClearML run: a ClearML Dataset id from `python -m data_prep ingest "
+            "--clearml` (or run with --local and --input DIR, which needs no server)"
+        )
+    check_server()
+    pipe = build_pipeline(config, options)
+    if options.run_steps_locally:
+        pipe.start_locally(run_pipeline_steps_locally=True)
+    else:
+        pipe.start(queue=options.services_queue)
+    return str(pipe.id)

@@ -1,0 +1,120 @@
+"""Rerun a finished pipeline run with the same dataset, model versions and parameters; show old and new metrics.
+
+A local run (an OUT folder written by `run --local`) is rerun locally from its pipeline.json, with every hub model
+pinned to the snapshot revision the run recorded and every registry model to the registry id it resolved, after
+checking that the dataset still has the same content hash. A ClearML pipeline task is cloned and enqueued with
+its parameters unchanged (the UI's "clone and run"), and the new task id is printed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clearml_pipeline.pipeline import PipelineConfig
+
+# (metrics.json path, label) for the side-by-side table: quality, speed, counts.
+COMPARED = (
+    ("translation.bleu", "BLEU"),
+    ("translation.chrf", "chrF"),
+    ("intelligibility.cer", "CER"),
+    ("spanish_wer.wer", "Spanish WER"),
+    ("latency_s.total.p50", "latency p50 (s)"),
+    ("latency_s.total.p90", "latency p90 (s)"),
+    ("latency_s.total.p99", "latency p99 (s)"),
+    ("throughput.items_per_s", "items/s"),
+    ("throughput.real_time_factor", "real-time factor"),
+    ("counts.ok", "items ok"),
+    ("counts.error", "items error"),
+)
+ROLE_FIELDS = {  # ModelInfo.role -> (config section, model field, revision field)
+    "speech_translation": ("speech_translation", "model", "revision"),
+    "machine_translation": ("machine_translation", "model", "revision"),
+    "speech_synthesis": ("speech_synthesis", "model", "revision"),
+}
+
+
+def pinned_config(old: Path) -> tuple[PipelineConfig, Path]:
+    """The earlier run's config with its models pinned, and its dataset folder (content hash checked)."""
+    if not (old / "pipeline.json").is_file():
+        raise ValueError(
+            f"{old} has no pipeline.json: only runs made by `run --local` (the default steps runtime) or on a "
+            f"ClearML server can be reproduced"
+        )
+    config = PipelineConfig.from_dict(json.loads((old / "pipeline.json").read_text(encoding="utf-8")))
+    summary = json.loads((old / "summary.json").read_text(encoding="utf-8"))
+    for model in summary.get("models", []):
+        if model["role"] in ROLE_FIELDS and model["revision"] not in ("local", ""):
+            section, name, revision = ROLE_FIELDS[model["role"]]
+            options = config.section(section)
+            if getattr(options, name) == model["model_id"]:
+                setattr(options, revision, model["revision"])
+    for key, resolved in (summary.get("registry") or {}).items():
+        section, name = key.split(".")
+        setattr(config.section(section), name, f"registry:{resolved['id']}")
+    dataset = summary.get("dataset") or {}
+    folder = Path(dataset.get("ref", ""))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the run's dataset {dataset.get('ref')!r} is not a folder here any more")
+    recorded = (dataset.get("info") or {}).get("content_hash")
+    info = folder / "dataset.json"
+    if recorded and info.is_file() and json.loads(info.read_text())["content_hash"] != recorded:
+        raise ValueError(f"the dataset at {folder} has changed since the run (content hash differs)")
+    return config, folder
+
+
+def flat(metrics: dict[str, Any], path: str) -> Any:
+    value: Any = metrics
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def side_by_side(old: dict[str, Any], new: dict[str, Any]) -> str:
+    lines = [f"{'metric':<20} {'before':>12} {'now':>12}"]
+    for path, label in COMPARED:
+        a, b = flat(old, path), flat(new, path)
+        if a is None and b is None:
+            continue
+        lines.append(f"{label:<20} {_fmt(a):>12} {_fmt(b):>12}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def reproduce(run: str, output: Path) -> int:
+    old = Path(run).expanduser()
+    if not old.is_dir():
+        return reproduce_remote(run)
+    from clearml_pipeline.local_pipeline import run_locally
+    from registry.model_sets import apply_model_set
+
+    config, dataset = pinned_config(old)
+    apply_model_set(config.run, config.evaluation)
+    run_locally(config, dataset, output)
+    before = json.loads((old / "metrics.json").read_text(encoding="utf-8")) if (old / "metrics.json").is_file() else {}
+    now = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
+    print(f"\nreproduced {old} -> {output}\n{side_by_side(before, now)}")
+    return 0
+
+
+def reproduce_remote(task_id: str) -> int:
+    """Clone the pipeline task (parameters, dataset id and model refs included) and enqueue the clone."""
+    from clearml import Task
+
+    from clearml_pipeline.server import check_server
+
+    check_server()
+    original = Task.get_task(task_id=task_id)
+    clone = Task.clone(source_task=original, name=f"{original.name} (reproduce {task_id[:8]})")
+    if original.data.execution.queue:  # the queue the original controller ran from
+        Task.enqueue(clone, queue_id=original.data.execution.queue)
+    else:
+        Task.enqueue(clone, queue_name="services")
+    print(f"pipeline {task_id} cloned as {clone.id} and enqueued; compare them in the UI (select both, Compare)")
+    return 0

@@ -1,0 +1,202 @@
+"""One pipeline step as a ClearML task: Task.init -> connect the parameters -> (execute_remotely) -> work.
+
+The controller creates one task per step from this script (its parameters set from the pipeline's), and a
+ClearML agent, or a local process for `run --run-steps-locally`, runs it from the repository root. The
+serverless local runner runs it with --offline. By hand, the step-script way:
+
+    python clearml_pipeline/step_task.py --step speech_translation --dataset DATASET_ID --input INGEST_TASK_ID \\
+        --queue gpu          # registers the task, then an agent on `gpu` runs it; clone and edit it in the UI
+
+Inputs are references: a dataset (local folder or ClearML Dataset id) and the previous step's output (local
+folder or task id, whose `results`, `run` and `audio` artifacts are downloaded).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (ClearML agents and local jobs do): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from typing import Any
+
+EXIT_OK, EXIT_SETUP_FAILED, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step", default="", help="ingest, speech_translation, machine_translation, ...")
+    parser.add_argument("--dataset", default="", help="local dataset folder or ClearML Dataset id")
+    parser.add_argument("--input", default="", help="previous step's output folder or task id")
+    parser.add_argument("--output", default="", help="output folder (default: a temporary folder)")
+    parser.add_argument("--config", type=Path, help="pipeline config JSON (PipelineConfig.to_dict) for defaults")
+    parser.add_argument("--offline", action="store_true", help="record an offline ClearML session, no server")
+    parser.add_argument("--sessions", type=Path, help="where offline session zips go (default OUTPUT/../../clearml)")
+    parser.add_argument("--queue", help="enqueue this task on QUEUE for an agent instead of running it here")
+    return parser
+
+
+def connect_section(task: Any, options: Any, name: str) -> None:
+    """Show a dataclass in the UI as parameters `name/field`; on an agent, read back the values set there."""
+    from clearml_pipeline.pipeline import fill
+
+    values = {k: "" if v is None else v for k, v in asdict(options).items()}
+    fill(options, task.connect(values, name=name))
+
+
+@functools.cache
+def dataset_folder(ref: str, offline: bool) -> Path:
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        return folder.resolve()
+    if not ref:
+        raise ValueError("no dataset given (step/dataset): a local folder or a ClearML Dataset id")
+    if offline:
+        raise ValueError(
+            f"dataset {ref!r} is not a local folder, and ClearML Dataset ids need a server (offline mode cannot "
+            f"fetch datasets): pass the folder that `python -m data_prep ingest` wrote"
+        )
+    from clearml import Dataset
+
+    return Path(Dataset.get(dataset_id=ref).get_local_copy())
+
+
+def fetch_input(ref: str) -> Any:
+    """The previous step's output: its folder, or its task's artifacts downloaded."""
+    from clearml_pipeline.step_work import RESULTS, RUN, StepInput
+
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        audio = folder / "audio"
+        return StepInput(folder / RESULTS, folder / RUN, audio if audio.is_dir() else None)
+    if not ref:
+        raise ValueError("no input given (step/input): the previous step's output folder or task id")
+    from clearml import Task
+
+    artifacts = Task.get_task(task_id=ref).artifacts
+    missing = [name for name in ("results", "run") if name not in artifacts]
+    if missing:
+        raise ValueError(f"task {ref} has no {', '.join(missing)} artifact: is it a finished step of this pipeline?")
+    audio = artifacts["audio"].get_local_copy() if "audio" in artifacts else None
+    return StepInput(
+        Path(artifacts["results"].get_local_copy()),
+        Path(artifacts["run"].get_local_copy()),
+        Path(audio) if audio else None,
+    )
+
+
+def upload_outputs(task: Any, out: Path) -> None:
+    for name, filename in (("results", "results.jsonl"), ("run", "run.json"), ("summary", "summary.json"),
+                           ("metrics", "metrics.json"), ("report", "report.md")):
+        if (out / filename).is_file():
+            task.upload_artifact(name, artifact_object=str(out / filename), wait_on_upload=True)
+    if (out / "audio").is_dir() and any((out / "audio").iterdir()):
+        task.upload_artifact("audio", artifact_object=str(out / "audio"), wait_on_upload=True)
+
+
+def previous_attempt(task: Any) -> Path | None:
+    """Partial results a failed attempt of this same task checkpointed (the pipeline retries a task in place)."""
+    artifact = task.artifacts.get("partial")
+    return Path(artifact.get_local_copy()) if artifact is not None else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clearml_pipeline.logs import quiet_libraries
+    from clearml_pipeline.pipeline import PROJECT, STEPS, PipelineConfig, StepIO, fill
+    from clearml_pipeline.step_work import StepEnv
+    from clearml_pipeline.tracking import offline_environment
+
+    quiet_libraries()
+    args = build_parser().parse_args(argv)
+    if args.offline:
+        sessions = args.sessions or (Path(args.output).resolve().parent.parent / "clearml")
+        os.environ.update(offline_environment(sessions))
+    from clearml import Task
+
+    if args.offline:
+        Task.set_offline(True)
+    task = Task.init(
+        project_name=PROJECT,
+        task_name=args.step or "step",
+        task_type=STEPS[args.step].task_type if args.step in STEPS else "custom",
+        reuse_last_task_id=False,
+        auto_connect_frameworks=False,
+        auto_connect_arg_parser=False,
+        auto_resource_monitoring=False,
+    )
+    io = StepIO(name=args.step, dataset=args.dataset, input=args.input, output=args.output)
+    fill(io, task.connect(asdict(io), name="step"))
+    if io.name not in STEPS:
+        print(f"error: unknown step {io.name!r}; choose from {', '.join(STEPS)}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    step = STEPS[io.name]
+    config = PipelineConfig.from_dict(json.loads(args.config.read_text())) if args.config else PipelineConfig()
+    for section in step.sections:
+        connect_section(task, config.section(section), section)
+    if args.queue and task.running_locally():
+        task.execute_remotely(queue_name=args.queue, exit_process=True)
+    from registry.model_sets import apply_model_set
+
+    apply_model_set(config.run, config.evaluation)  # a fixture model set points this process at its caches
+    offline = args.offline or Task.is_offline()
+    out = Path(io.output).expanduser() if io.output else Path(tempfile.mkdtemp(prefix=f"s2st-{io.name}-"))
+    env = StepEnv(
+        step,
+        io,
+        config,
+        out,
+        task.get_logger(),
+        dataset_root=lambda: dataset_folder(io.dataset, offline),
+        checkpoint=(lambda path: None)
+        if offline
+        else (lambda path: task.upload_artifact("partial", artifact_object=str(path), wait_on_upload=True)),
+        resume_from=None if offline else previous_attempt(task),
+    )
+    return run_step(task, env, offline, args.sessions)
+
+
+def run_step(task: Any, env: Any, offline: bool, sessions: Path | None) -> int:
+    from clearml_pipeline.server import ServerUnavailableError
+    from clearml_pipeline.step_work import execute
+    from registry.hub import ModelUnavailableError
+
+    try:
+        given = fetch_input(env.io.input) if env.step.parents else None
+        execute(env, given)
+        upload_outputs(task, env.out)
+    except KeyboardInterrupt:
+        task.mark_stopped(force=True, status_message="interrupted")
+        return EXIT_INTERRUPTED
+    except (ModelUnavailableError, ServerUnavailableError, FileNotFoundError, ValueError, LookupError) as exc:
+        print(f"error: {env.step.name}: {exc}", file=sys.stderr)
+        env.out.mkdir(parents=True, exist_ok=True)
+        (env.out / "error.txt").write_text(f"{exc}\n", encoding="utf-8")  # for the local runner's message
+        task.get_logger().report_text(f"error: {exc}")
+        if not offline:  # the controller sees the failure (and may retry) by the task's status
+            task.mark_failed(status_reason=str(exc)[:250], force=True)
+        close(task, offline, sessions, env)
+        return EXIT_SETUP_FAILED
+    close(task, offline, sessions, env)
+    return EXIT_OK
+
+
+def close(task: Any, offline: bool, sessions: Path | None, env: Any) -> None:
+    """Close the task; offline, copy its session zip to OUT/clearml/<step>.<task id>.zip for a later import."""
+    folder = task.get_offline_mode_folder() if offline else None
+    task.close()
+    if folder is not None:
+        target_dir = sessions or env.out.resolve().parent.parent / "clearml"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f"{folder}.zip", target_dir / f"{env.step.name}.{Path(folder).name}.zip")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""clearml_pipeline.evaluation: metric functions on hand-computed cases, and evaluate_run on a fixture run.
+
+Fixture models have random weights: their BLEU/CER values are noise, so on the fixture run only structure,
+accounting and consistency are asserted; the metric values themselves are checked on hand-made strings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import pytest
+
+from clearml_pipeline.evaluation import (
+    EvaluationOptions,
+    Transcriber,
+    add_evaluate_arguments,
+    cer,
+    corpus_cer,
+    corpus_wer,
+    edit_distance,
+    evaluate_command,
+    evaluate_run,
+    format_report,
+    latency_percentiles,
+    normalize_zh,
+    translation_scores,
+    wer,
+)
+from clearml_pipeline.results import read_results
+from data_prep.manifest import ManifestRow, write_manifest
+from tests.speech import SPANISH_SENTENCES, speak, tone
+
+REFERENCE_EN = "Hello, how are you? The weather is nice today."
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_fixture_run(out: Path, inputs: Path, batch_size: int = 4) -> Path:
+    """Run the pipeline in this process (the inprocess runtime) with fixture models over `inputs`; returns `out`."""
+    from clearml_pipeline.config import RunConfig
+    from clearml_pipeline.runner import LocalRunner, discover_inputs
+    from registry.model_sets import apply_model_set
+
+    config = RunConfig()
+    config.runner.models, config.runner.batch_size = "fixtures", batch_size
+    apply_model_set(config)  # finds the session's fixtures through S2ST_FIXTURES_DIR (set by fixture_caches)
+    config.speech_translation.max_new_tokens = config.machine_translation.max_new_tokens = 8
+    config.speech_synthesis.maxlenratio = 4.0
+    summary = LocalRunner(config).run(discover_inputs(inputs), out)
+    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def manifest_row(item_id: str, sentence: str | None, reference_en: str | None) -> ManifestRow:
+    return ManifestRow(item_id, f"audio/{item_id}.wav", 3.0, sentence, "test", f"{item_id}.mp3", reference_en)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_bleu_and_chrf_match_hand_computed_corpus_scores() -> None:
+    scores = translation_scores(["a b c d e", "x y z w"], ["a b c d f", "x y z w v u"])
+    # Corpus n-gram matches: 1-grams 8/9, 2-grams 6/7, 3-grams 4/5, 4-grams 2/3; hyp 9 words, refs 11: BP e^(1-11/9).
+    bleu = math.exp(1 - 11 / 9) * (8 / 9 * 6 / 7 * 4 / 5 * 2 / 3) ** 0.25
+    assert scores["bleu"] == pytest.approx(100 * bleu)
+    # chrF (beta 2, char orders 1..6, spaces dropped): "abcd" vs "abce" matches 3/4, 2/3, 1/2, 0/1 at orders 1..4
+    # (orders 5, 6 have no n-grams), precision = recall = their mean, so F = that mean.
+    assert translation_scores(["abcd"], ["abce"])["chrf"] == pytest.approx(100 * (3 / 4 + 2 / 3 + 1 / 2 + 0) / 4)
+    version = metadata.version("sacrebleu")
+    assert scores["bleu_signature"] == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{version}"
+    assert scores["chrf_signature"] == f"nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:{version}"
+    assert translation_scores([], []) == {"bleu": None, "chrf": None, "bleu_signature": None, "chrf_signature": None}
+
+
+def test_cer_ignores_punctuation_spaces_script_and_width() -> None:
+    assert normalize_zh("今天 天氣，很好！ＯＫ") == "今天天气很好ok"
+    assert cer("今天天氣很好!", "今天 天气，很好。") == 0.0
+    assert cer("今天天氣不好", "今天天气很好。") == pytest.approx(1 / 6)  # one substitution in six characters
+    # Corpus CER is total edits over total reference characters: (1 + 1) / (6 + 3), not the mean of 1/6 and 1/3.
+    assert corpus_cer(["今天天气不好", "你好"], ["今天天气很好", "你好吗"]) == pytest.approx(2 / 9)
+    assert cer("2024年", "二千零二十四年") == pytest.approx(6 / 7)  # digits are left alone
+    assert cer("什么", "。，!") is None  # nothing to score against
+
+
+def test_wer_uses_whispers_normalizer() -> None:
+    assert wer("¡Hola! ¿Cómo estás?", "hola, cómo estás") == 0.0
+    assert wer("Hola como está", "Hola, cómo estás") == pytest.approx(2 / 3)  # accents are kept: two substitutions
+    assert corpus_wer(["Hola como está", "el gato duerme"], ["hola cómo estás", "El gato duerme en casa."]) == 0.5
+    assert edit_distance("kitten", "sitting") == 3
+
+
+def test_latency_percentiles_per_stage_and_end_to_end_over_finished_items() -> None:
+    rows = [
+        {"status": "ok", "latency_s": {"input": 0.1, "speech_translation": float(v), "total": float(v)}}
+        for v in (1, 2, 3, 4, 5)
+    ]
+    rows.append({"status": "error", "latency_s": {"input": 0.1, "speech_translation": 100.0, "total": 100.1}})
+    found = latency_percentiles(rows)
+    # numpy's linear interpolation over 1..5: rank 0.9 * 4 = 3.6 -> 4.6; 0.99 * 4 = 3.96 -> 4.96
+    assert found["total"] == pytest.approx({"p50": 3.0, "p90": 4.6, "p99": 4.96})  # the failed row is left out
+    assert found["speech_translation"]["p50"] == pytest.approx(3.5)  # a stage counts every row that reached it
+    assert found["machine_translation"] == {"p50": None, "p90": None, "p99": None}
+    assert "end_to_end" not in found
+
+
+def test_fixture_runs_cap_the_default_decode_length_and_find_the_runs_whisper(fixture_caches: Any) -> None:
+    config = {"runner": {"models": "fixtures"}, "speech_translation": {"model_cache": str(fixture_caches.hf_hub_cache)}}
+    capped = Transcriber(EvaluationOptions(), config).options
+    assert capped.max_new_tokens == 32 and capped.model_cache == str(fixture_caches.hf_hub_cache)  # as `run` does
+    assert Transcriber(EvaluationOptions(asr_max_new_tokens=12), config).options.max_new_tokens == 12
+    hub = Transcriber(EvaluationOptions(), {"runner": {"models": "hub"}, "speech_translation": {"model_cache": None}})
+    assert hub.options.max_new_tokens == 440 and hub.options.model_cache is None
+    assert (hub.options.language, hub.options.task) == ("zh", "transcribe")
+
+
+def test_the_fixture_whisper_knows_chinese_transcription(fixture_caches: Any) -> None:
+    stage = Transcriber(EvaluationOptions(asr_model_cache=str(fixture_caches.hf_hub_cache)), {}).load()
+    tokens = stage.processor.tokenizer.convert_ids_to_tokens(stage.decoder_prefix())
+    assert tokens == ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
+
+
+# ---------------------------------------------------------------------------------------------- a fixture run
+
+
+@pytest.fixture(scope="module")
+def run(fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    inputs = tmp_path_factory.mktemp("inputs")
+    speak(SPANISH_SENTENCES[0], inputs / "a.wav")
+    speak(SPANISH_SENTENCES[1], inputs / "b.wav")
+    tone(inputs / "c_silence.wav", 1.0)
+    (inputs / "d_empty.wav").write_bytes(b"")
+    out = make_fixture_run(tmp_path_factory.mktemp("run"), inputs)
+    pristine = tmp_path_factory.mktemp("pristine") / "run"
+    shutil.copytree(out, pristine)  # before evaluation: other tests evaluate copies of it
+    manifest = tmp_path_factory.mktemp("dataset") / "manifest.jsonl"
+    write_manifest(
+        manifest,
+        [
+            manifest_row("a", SPANISH_SENTENCES[0], REFERENCE_EN),
+            manifest_row("b", SPANISH_SENTENCES[1], None),  # a row without a reference
+            manifest_row("d_empty", "Nada.", "Nothing."),
+            manifest_row("z_not_run", "Otra.", "Another."),  # in the dataset, not in this run
+        ],
+    )
+    metrics = evaluate_run(out, manifest, EvaluationOptions(spanish_wer=True, asr_max_new_tokens=8))
+    return {"out": out, "pristine": pristine, "manifest": manifest, "metrics": metrics}
+
+
+def test_metrics_json_has_the_stable_keys(run: dict[str, Any]) -> None:
+    metrics = json.loads((run["out"] / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics == run["metrics"]
+    for key in ("translation", "intelligibility", "spanish_wer", "latency_s", "throughput", "counts", "dataset"):
+        assert key in metrics
+    assert set(metrics["translation"]) == {
+        "bleu", "chrf", "bleu_signature", "chrf_signature", "scored_items", "not_scored", "reason"
+    }  # fmt: skip
+    assert set(metrics["latency_s"]) == {
+        "input",
+        "speech_translation",
+        "machine_translation",
+        "speech_synthesis",
+        "total",
+    }
+    assert all(set(q) == {"p50", "p90", "p99"} for q in metrics["latency_s"].values())
+    assert metrics["counts"] == {"items": 4, "ok": 3, "error": 1, "no_speech": 1, "errors_by_stage": {"input": 1}}
+    assert metrics["dataset"]["matched_items"] == 3 and metrics["dataset"]["manifest_rows"] == 4
+    assert metrics["fixture_models"] is True and metrics["asr"]["model_id"] == "openai/whisper-large"
+    assert metrics["asr"]["max_new_tokens"] == 8
+
+
+def test_every_item_is_scored_or_has_a_reason(run: dict[str, Any]) -> None:
+    metrics = run["metrics"]
+    reasons = {
+        key: {item["id"]: item[f"{key}_reason"] for item in metrics["items"]}
+        for key in ("translation", "intelligibility", "spanish_wer")
+    }
+    assert reasons["translation"] == {
+        "a": None,
+        "b": "no reference_en in manifest",
+        "c_silence": "not in manifest",
+        "d_empty": "failed at input",
+    }
+    assert reasons["intelligibility"] == {
+        "a": None,
+        "b": None,
+        "c_silence": "no speech in input",
+        "d_empty": "failed at input",
+    }
+    assert reasons["spanish_wer"] == {
+        "a": None,
+        "b": None,
+        "c_silence": "not in manifest",
+        "d_empty": "failed at input",
+    }
+    for key, expected in reasons.items():
+        block = metrics[key]
+        assert block["scored_items"] == sum(r is None for r in expected.values())
+        assert block["scored_items"] + sum(block["not_scored"].values()) == metrics["counts"]["items"]
+        assert block["reason"] is None
+
+
+def test_scores_are_consistent_with_the_items_they_scored(run: dict[str, Any]) -> None:
+    """Random weights make the values noise: check they are what the metric functions give for these items."""
+    metrics = run["metrics"]
+    items = {item["id"]: item for item in metrics["items"]}
+    assert metrics["translation"]["bleu"] == pytest.approx(
+        translation_scores([items["a"]["en_text"]], [REFERENCE_EN])["bleu"]
+    )
+    assert 0 <= metrics["translation"]["chrf"] <= 100
+    scored = [items["a"], items["b"]]
+    assert all(isinstance(i["asr_zh"], str) and i["cer"] >= 0 for i in scored)
+    rows = {r["id"]: r for r in read_results(run["out"] / "results.jsonl")}
+    # The CER reference is zh_text less the characters the TTS reported it could not say.
+    refs = ["".join(c for c in rows[i["id"]]["zh_text"] if c not in rows[i["id"]]["unsayable"]) for i in scored]
+    assert metrics["intelligibility"]["cer"] == pytest.approx(corpus_cer([i["asr_zh"] for i in scored], refs))
+    assert metrics["spanish_wer"]["wer"] == pytest.approx(
+        corpus_wer([i["asr_es"] for i in scored], list(SPANISH_SENTENCES[:2]))
+    )
+    assert metrics["throughput"]["items_per_s"] > 0 and metrics["throughput"]["audio_seconds"] > 0
+
+
+def test_report_md_says_what_was_scored_and_warns_about_fixtures(run: dict[str, Any]) -> None:
+    report = (run["out"] / "report.md").read_text(encoding="utf-8")
+    assert "WARNING: this run used fixture models" in report
+    assert run["metrics"]["translation"]["bleu_signature"] in report
+    assert run["metrics"]["translation"]["chrf_signature"] in report
+    assert "| BLEU (English vs reference_en) | " in report and "1/4" in report
+    assert "- failed at input: `d_empty`" in report and "- no reference_en in manifest: `b`" in report
+    quiet = format_report(run["metrics"] | {"fixture_models": False})
+    assert "WARNING" not in quiet
+
+
+def test_plots_are_png_files(run: dict[str, Any]) -> None:
+    plots = run["metrics"]["plots"]
+    assert plots == ["plots/latency_histogram.png", "plots/cer_vs_duration.png"]
+    for plot in plots:
+        path = run["out"] / plot
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert height > 100 and width > 100
+
+
+def test_without_manifest_summary_or_audio_metrics_are_null_with_reasons(run: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(run["pristine"], out)
+    (out / "summary.json").unlink()
+    shutil.rmtree(out / "audio")
+    metrics = evaluate_run(out, None, EvaluationOptions(plots=False))
+    assert metrics["translation"]["bleu"] is None and metrics["translation"]["chrf"] is None
+    assert metrics["translation"]["reason"] == "no manifest given (--manifest)"
+    assert metrics["translation"]["not_scored"] == {"no manifest": 3, "failed at input": 1}
+    assert metrics["intelligibility"]["cer"] is None
+    assert metrics["intelligibility"]["not_scored"]["audio file missing"] == 2
+    assert metrics["spanish_wer"]["wer"] is None and metrics["spanish_wer"]["reason"].startswith("disabled")
+    assert metrics["throughput"]["items_per_s"] is None and metrics["throughput"]["reason"]
+    assert metrics["asr"] is None  # nothing to transcribe: Whisper was never loaded
+    assert metrics["plots"] == [] and not (out / "plots").exists()
+    assert json.loads((out / "metrics.json").read_text())["translation"]["reason"] == metrics["translation"]["reason"]
+    assert "n/a: no manifest given" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def evaluate_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    return evaluate_command(parser.parse_args(argv))
+
+
+def test_the_cli_hook_prints_the_table_and_reports_setup_errors(
+    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(run["pristine"], out)
+    argv = ["--run", str(out), "--manifest", str(run["manifest"]), "--tracking", "none", "--intelligibility", "false"]
+    assert evaluate_cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| BLEU (English vs reference_en) |" in printed and "WARNING: fixture models" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["options"]["intelligibility"] is False and metrics["intelligibility"]["reason"].startswith(
+        "disabled"
+    )
+    assert metrics["translation"]["scored_items"] == 1
+
+    assert evaluate_cli(["--run", str(tmp_path / "nowhere"), "--tracking", "none"]) == 2
+    assert "results.jsonl is missing" in capsys.readouterr().err
+    assert evaluate_cli(["--run", str(out), "--manifest", str(tmp_path / "none.jsonl"), "--tracking", "none"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_clearml_offline_session_holds_the_stable_scalar_names(run: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(run["out"], out)
+    script = (
+        "import json, sys; from pathlib import Path; from clearml_pipeline.evaluation import track_evaluation; "
+        "out = Path(sys.argv[1]); metrics = json.loads((out / 'metrics.json').read_text()); "
+        "print(track_evaluation(metrics, out, 'offline'))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=env, timeout=300, cwd=Path.cwd()
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    session = Path(proc.stdout.strip().splitlines()[-1])
+    assert session.parent == out / "clearml" and session.suffix == ".zip"
+    with zipfile.ZipFile(session) as archive:
+        names = archive.namelist()
+        events = [e for line in archive.read("metrics.jsonl").decode().splitlines() for e in json.loads(line)]
+    scalars = {(e["metric"], e["variant"]): e["value"] for e in events if e["type"] == "training_stats_scalar"}
+    metrics = run["metrics"]
+    assert scalars[("quality", "bleu")] == pytest.approx(metrics["translation"]["bleu"])
+    assert scalars[("quality", "chrf")] == pytest.approx(metrics["translation"]["chrf"])
+    assert scalars[("quality", "cer")] == pytest.approx(metrics["intelligibility"]["cer"])
+    assert scalars[("quality", "spanish_wer")] == pytest.approx(metrics["spanish_wer"]["wer"])
+    for q in ("p50", "p90", "p99"):
+        for stage in ("speech_translation", "machine_translation", "speech_synthesis", "total"):
+            assert scalars[(f"latency {q} (s)", stage)] == pytest.approx(metrics["latency_s"][stage][q])
+    assert scalars[("throughput", "items_per_s")] == pytest.approx(metrics["throughput"]["items_per_s"])
+    assert scalars[("scored items", "translation")] == 1
+    assert any(e["type"] == "plot" and e["metric"] == "items" for e in events)  # the per-item table
+    assert any(n.endswith("plots_latency_histogram_00000000.png") for n in names)
+    assert any(n.endswith("artifacts/metrics/metrics.json") for n in names)

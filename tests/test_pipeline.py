@@ -1,0 +1,166 @@
+"""Offline tier: Common Voice fixture -> `data_prep ingest` -> `run --local` -> sessions, resume, reproduce.
+
+Every step of a local run is a real ClearML task recorded in offline mode; the tests read what its session zip
+holds, import the zips into the stand-in server as a user would into theirs, resume a step from partial
+results, and reproduce the run from its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clearml_standin import start_standin
+from tests.cv_fixture import covost_path, make_common_voice_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+N_CLIPS = 3
+STEPS = ("ingest", "speech_translation", "machine_translation", "speech_synthesis", "evaluation")
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cv")
+    release = make_common_voice_fixture(root, n_good=N_CLIPS)
+    out = ok(cli("data_prep", "ingest", "--source", "common_voice", "--path", str(release), "--split", "validated",
+                 "--covost", str(covost_path(release)), "--out", str(root / "datasets"), "--no-progress"))
+    return Path(re.search(r"^dataset\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def run(dataset: Path, fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("run")
+    proc = cli("clearml_pipeline", "run", "--local", "--input", str(dataset), "--output", str(out),
+               "--models", "fixtures", "--batch-size", "2")
+    ok(proc)
+    return {"out": out, "proc": proc}
+
+
+def session(out: Path, step: str) -> zipfile.ZipFile:
+    zips = sorted((out / "clearml").glob(f"{step}.offline-*.zip"))
+    assert len(zips) == 1, zips
+    return zipfile.ZipFile(zips[0])
+
+
+def test_every_step_left_an_offline_session_with_parameters_scalars_and_artifacts(run: dict[str, Any]) -> None:
+    out = run["out"]
+    assert len(list((out / "clearml").glob("*.zip"))) == len(STEPS)
+    for step in STEPS:
+        with session(out, step) as z:
+            task = json.loads(z.read("task.json"))
+            events = [json.loads(line) for line in z.read("metrics.jsonl").decode().splitlines() if line.strip()]
+            names = z.namelist()
+        assert task["name"] == step
+        params = task["hyperparams"]
+        assert params["step"]["name"]["value"] == step and params["runner"]["models"]["value"] == "fixtures"
+        artifacts = {a["key"] for a in task["execution"]["artifacts"]}
+        assert {"results", "run"} <= artifacts
+        for key in artifacts:
+            assert any(f"/artifacts/{key}/" in n for n in names), f"{step}: artifact {key} not in the session"
+        scalars = {(e["metric"], e["variant"]) for ev in events for e in (ev if isinstance(ev, list) else [ev])
+                   if e.get("type") == "training_stats_scalar"}
+        if step in ("speech_translation", "machine_translation", "speech_synthesis"):
+            assert params[step]["model"]["value"]  # the stage's options, editable in the UI after import
+            assert ("throughput", f"{step} items/s") in scalars and ("errors", step) in scalars
+            assert (f"{step} latency (s)", "item") in scalars
+        if step == "speech_synthesis":
+            assert "audio" in artifacts
+            assert sum(n.endswith(".wav") and "/metrics/output audio/" in n for n in names) == N_CLIPS
+        if step == "evaluation":
+            assert "metrics" in artifacts and ("quality", "bleu") in {(m, v) for m, v in scalars}
+
+
+def test_outputs_are_published_and_scored_against_the_dataset_references(run: dict[str, Any], dataset: Path) -> None:
+    out = run["out"]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    manifest = [json.loads(line) for line in (dataset / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [m["id"] for m in manifest]  # the manifest's ids, in its order
+    assert all((out / r["zh_audio"]).is_file() for r in rows if r["status"] == "ok")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["translation"]["scored_items"] == N_CLIPS  # references from the dataset's CoVoST join
+    assert metrics["fixture_models"] is True and "noise" in (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"]["ref"] == str(dataset) and summary["dataset"]["info"]["content_hash"]
+    assert "ClearML offline sessions: 5" in run["proc"].stdout
+
+
+def test_offline_sessions_import_into_a_server(run: dict[str, Any], tmp_path: Path) -> None:
+    zips = sorted((run["out"] / "clearml").glob("*.zip"))
+    code = "import sys\nfrom clearml import Task\nfor z in sys.argv[1:]:\n    print('ID=' + Task.import_offline_session(z))\n"
+    with start_standin(tmp_path / "standin") as standin:
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, zips)], env=standin.subprocess_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert standin.errors == []
+        tasks = {t["name"]: t for t in standin.tasks()}
+        assert set(STEPS) <= set(tasks)
+        tts = tasks["speech_synthesis"]
+        assert tts["hyperparams"]["speech_synthesis"]["vocoder"]["value"] == "parallel_wavegan/csmsc_hifigan.v1"
+        assert {"results", "run", "summary", "audio"} <= set(standin.artifacts(tts["id"]))
+        assert len(standin.events(tts["id"], "training_debug_image")) == N_CLIPS
+        assert "throughput" in standin.scalars(tasks["machine_translation"]["id"])
+
+
+def test_a_step_resumes_from_partial_results(run: dict[str, Any], tmp_path: Path) -> None:
+    out = run["out"]
+    step_out = tmp_path / "steps" / "machine_translation"
+    step_out.mkdir(parents=True)
+    earlier = [json.loads(line) for line in (out / "steps" / "machine_translation" / "results.jsonl").open()]
+    earlier[0]["zh_text"] = "早先完成的译文"  # what an earlier, interrupted attempt wrote for the first item
+    (step_out / "partial.jsonl").write_text(json.dumps(earlier[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    proc = ok(cli("clearml_pipeline.step_task", "--step", "machine_translation", "--offline",
+                  "--dataset", json.loads((out / "summary.json").read_text())["dataset"]["ref"],
+                  "--input", str(out / "steps" / "speech_translation"), "--output", str(step_out),
+                  "--config", str(out / "pipeline.json")))
+    assert "resuming, 1 item(s) already done" in proc + ""
+    rows = [json.loads(line) for line in (step_out / "results.jsonl").open()]
+    assert [r["id"] for r in rows] == [r["id"] for r in earlier]
+    assert rows[0]["zh_text"] == "早先完成的译文"  # kept, not recomputed
+    assert all(r["zh_text"] for r in rows[1:]) and not (step_out / "partial.jsonl").exists()
+    assert list((tmp_path / "clearml").glob("machine_translation.offline-*.zip"))
+
+
+def test_reproduce_reruns_with_the_same_data_and_pinned_models(run: dict[str, Any], tmp_path: Path) -> None:
+    out, again = run["out"], tmp_path / "again"
+    proc = cli("clearml_pipeline", "reproduce", str(out), "--output", str(again))
+    stdout = ok(proc)
+    assert re.search(r"^BLEU\s+\S+\s+\S+$", stdout, re.MULTILINE) and "before" in stdout and "now" in stdout
+    recorded = {m["role"]: m["revision"] for m in json.loads((out / "summary.json").read_text())["models"]}
+    config = json.loads((again / "pipeline.json").read_text())
+    assert config["speech_translation"]["revision"] == recorded["speech_translation"]
+    assert config["machine_translation"]["revision"] == recorded["machine_translation"]
+    old = [json.loads(line)["id"] for line in (out / "results.jsonl").open()]
+    assert [json.loads(line)["id"] for line in (again / "results.jsonl").open()] == old
+    metrics = json.loads((again / "metrics.json").read_text())
+    assert metrics["translation"]["scored_items"] == N_CLIPS
+
+
+def test_reproduce_refuses_a_changed_dataset(run: dict[str, Any], tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run["out"], copy, ignore=shutil.ignore_patterns("clearml", "steps", "audio"))
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["dataset"]["info"]["content_hash"] = "0" * 64
+    (copy / "summary.json").write_text(json.dumps(summary))
+    proc = cli("clearml_pipeline", "reproduce", str(copy), "--output", str(tmp_path / "new"))
+    assert proc.returncode == 2 and "has changed since the run" in proc.stderr
