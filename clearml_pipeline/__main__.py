@@ -119,7 +119,9 @@ def run_steps(args: argparse.Namespace) -> int:
         dataset = single
     elif not dataset.is_dir():
         raise FileNotFoundError(f"input {args.input} does not exist")
-    summary = run_locally(config, dataset, args.output)
+    from clearml_pipeline.pipeline import parse_shards
+
+    summary = run_locally(config, dataset, args.output, parse_shards(args.shards))
     print_summary(summary, args.output)
     zips = sessions(args.output)
     print(f"ClearML offline sessions: {len(zips)} under {args.output / 'clearml'} "

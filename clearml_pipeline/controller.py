@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from clearml_pipeline.pipeline import (
-    PIPELINE,
     PIPELINE_NAME,
     PIPELINE_VERSION,
     PROJECT,
     STEP_SCRIPT,
+    Node,
     PipelineConfig,
-    PipelineStep,
     parameters,
+    parse_shards,
+    plan,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +55,19 @@ class RemoteOptions:
     step_retries: int = 2  # a failed step is relaunched in place and resumes from its checkpoint
     cache_steps: bool = True  # reuse a step's earlier task when its code and inputs are unchanged
     run_steps_locally: bool = False  # controller here, steps as local processes (debugging; still on the server)
+    shards: str = "1:1:1"  # tasks per stage (st:mt:tts), each on its own agent; e.g. 1:1:4 for four TTS machines
     poll_seconds: float = 5.0
 
 
-def step_overrides(step: PipelineStep, config: PipelineConfig) -> dict[str, Any]:
-    """The step task's parameters: fixed values from `config`, pipeline-parameter refs where there is one."""
-    overrides = parameters(step, config)
-    overrides["step/name"] = step.name
+def step_overrides(node: Node, config: PipelineConfig) -> dict[str, Any]:
+    """The task's parameters: fixed values from `config`, pipeline-parameter refs where there is one, and its
+    input: the task ids of the previous step (all its shards)."""
+    overrides = parameters(node.step, config)
+    overrides["step/name"] = node.step.name
     overrides["step/dataset"] = "${pipeline.dataset}"
-    if step.parents:
-        overrides["step/input"] = "${%s.id}" % step.parents[0]  # noqa: UP031 (ClearML's ${...} syntax)
+    overrides["step/shard"] = node.shard_spec
+    if node.parents:
+        overrides["step/input"] = ",".join("${%s.id}" % parent for parent in node.parents)  # noqa: UP031
     for param, key in PIPELINE_PARAMETERS.items():
         if key in overrides:
             overrides[key] = "${pipeline.%s}" % param  # noqa: UP031
@@ -78,16 +82,16 @@ def pipeline_defaults(config: PipelineConfig, options: RemoteOptions) -> dict[st
     return defaults
 
 
-def task_factory(step: PipelineStep, project: str) -> Any:
-    """Creates the step's task from the repository (commit, uncommitted diff, requirements.txt) when it launches."""
+def task_factory(node: Node, project: str) -> Any:
+    """Creates the task from the repository (commit, uncommitted diff, requirements.txt) when it launches."""
 
-    def create(node: Any) -> Any:
+    def create(_: Any) -> Any:
         from clearml import Task
 
         return Task.create(
             project_name=project,
-            task_name=step.name,
-            task_type=step.task_type,
+            task_name=node.name,
+            task_type=node.step.task_type,
             script=str(REPO_ROOT / STEP_SCRIPT),
             working_directory=".",
             requirements_file=str(REPO_ROOT / "requirements.txt"),
@@ -112,16 +116,28 @@ def build_pipeline(config: PipelineConfig, options: RemoteOptions) -> Any:
     )
     for name, value in pipeline_defaults(config, options).items():
         pipe.add_parameter(name, "" if value is None else value)
-    for step in PIPELINE:
+    for node in plan(parse_shards(options.shards)):
         pipe.add_step(
-            name=step.name,
-            parents=list(step.parents),
-            base_task_factory=task_factory(step, options.project),
-            parameter_override=step_overrides(step, config),
-            execution_queue="${pipeline.%s_queue}" % step.queue,  # noqa: UP031
+            name=node.name,
+            parents=list(node.parents),
+            base_task_factory=task_factory(node, options.project),
+            parameter_override=step_overrides(node, config),
+            execution_queue="${pipeline.%s_queue}" % node.step.queue,  # noqa: UP031
             cache_executed_step=options.cache_steps,
         )
     return pipe
+
+
+def check_repository() -> None:
+    """Agents run the steps from a clone of this repository: it needs a remote they can clone."""
+    import subprocess
+
+    proc = subprocess.run(["git", "remote", "get-url", "origin"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise ValueError(
+            f"{REPO_ROOT} has no git remote 'origin': agents clone the repository to run the steps, so push it "
+            f"somewhere they can reach (or use --run-steps-locally true to run the steps on this machine)"
+        )
 
 
 def launch(config: PipelineConfig, options: RemoteOptions) -> str:
@@ -134,6 +150,8 @@ def launch(config: PipelineConfig, options: RemoteOptions) -> str:
             "--clearml` (or run with --local and --input DIR, which needs no server)"
         )
     check_server()
+    if not options.run_steps_locally:
+        check_repository()
     pipe = build_pipeline(config, options)
     if options.run_steps_locally:
         pipe.start_locally(run_pipeline_steps_locally=True)

@@ -1,6 +1,6 @@
 """The pipeline with no server: each step is an offline ClearML task in its own process, as an agent would run it.
 
-OUT/steps/<step>/ holds each step's output folder (the next step's input), OUT/clearml/<step>.<task>.zip each
+OUT/steps/<task>/ holds each task's output folder (the next step's input), OUT/clearml/<step>.<task>.zip each
 step's offline session (`clearml-task --import-offline-session ZIP` uploads it to a server later), and OUT/ the
 final results.jsonl, summary.json, audio/, metrics.json, report.md and plots/. A step that fails to start (a
 missing model, a bad dataset) stops the run with its message; item failures are rows, never a stop.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clearml_pipeline.pipeline import PIPELINE, PipelineConfig
+from clearml_pipeline.pipeline import PipelineConfig, plan
 from clearml_pipeline.tracking import offline_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,34 +32,33 @@ class StepFailedError(RuntimeError):
 
 
 def run_locally(
-    config: PipelineConfig, dataset: Path, out: Path, steps: tuple[str, ...] | None = None
+    config: PipelineConfig, dataset: Path, out: Path, shards: dict[str, int] | None = None
 ) -> dict[str, Any]:
-    """Run every step (or the named ones, reusing earlier output folders); returns the final summary."""
+    """Run every task of the plan in order (a stage's shards one after another); returns the final summary."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "pipeline.json"
-    config_path.write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+    config_path.write_text(json.dumps(config.to_dict() | {"shards": shards or {}}, indent=2), encoding="utf-8")
     env = os.environ | offline_environment(out / "clearml")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    previous = ""
-    for index, step in enumerate(PIPELINE, start=1):
-        folder = out / "steps" / step.name
-        if steps is None or step.name in steps:
-            print(f"[{index}/{len(PIPELINE)}] {step.name}", flush=True)
-            started = time.perf_counter()
-            command = [
-                sys.executable, "-m", "clearml_pipeline.step_task", "--step", step.name, "--offline",
-                "--dataset", str(dataset), "--input", previous, "--output", str(folder),
-                "--config", str(config_path), "--sessions", str(out / "clearml"),
-            ]
-            # The step's output (its progress bar included) goes straight to the user's terminal.
-            code = subprocess.run(command, env=env, cwd=REPO_ROOT).returncode
-            if code != 0:
-                error = folder / "error.txt"
-                raise StepFailedError(step.name, code, error.read_text().strip() if error.is_file() else "")
-            print(f"      done in {time.perf_counter() - started:.1f} s", flush=True)
-        previous = str(folder)
-    publish(out / "steps" / PIPELINE[-1].name, out)
+    nodes = plan(shards)
+    for index, node in enumerate(nodes, start=1):
+        folder = out / "steps" / node.name
+        print(f"[{index}/{len(nodes)}] {node.name}", flush=True)
+        started = time.perf_counter()
+        command = [
+            sys.executable, "-m", "clearml_pipeline.step_task", "--step", node.step.name, "--offline",
+            "--dataset", str(dataset), "--input", ",".join(str(out / "steps" / p) for p in node.parents),
+            "--shard", node.shard_spec, "--output", str(folder),
+            "--config", str(config_path), "--sessions", str(out / "clearml"),
+        ]
+        # The step's output (its progress bar included) goes straight to the user's terminal.
+        code = subprocess.run(command, env=env, cwd=REPO_ROOT).returncode
+        if code != 0:
+            error = folder / "error.txt"
+            raise StepFailedError(node.name, code, error.read_text().strip() if error.is_file() else "")
+        print(f"      done in {time.perf_counter() - started:.1f} s", flush=True)
+    publish(out / "steps" / nodes[-1].name, out)
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 

@@ -29,7 +29,8 @@ class StepIO:
 
     name: str = ""
     dataset: str = ""  # a local dataset folder (or folder of audio), or a ClearML Dataset id
-    input: str = ""  # the previous step's output: a local folder, or its ClearML task id
+    input: str = ""  # the previous step's output: a local folder or ClearML task id (comma-separated when sharded)
+    shard: str = ""  # "k/N": this task processes the items whose index % N == k (a stage fanned out to N tasks)
     output: str = ""  # where this step writes; "" on an agent: a fresh temporary folder
     audio_samples: int = 8  # output clips reported as playable debug samples
     checkpoint_every: int = 4  # batches between checkpoints of partial results (a retried task resumes from them)
@@ -63,6 +64,45 @@ PIPELINE: tuple[PipelineStep, ...] = (
     PipelineStep("evaluation", "qc", "gpu", ("speech_synthesis",), ("runner", "evaluation")),
 )
 STEPS = {step.name: step for step in PIPELINE}
+STAGE_STEPS = tuple(step.name for step in PIPELINE if step.stage is not None)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One task of a run: a step, or one shard of a stage fanned out over several machines."""
+
+    name: str
+    step: PipelineStep
+    shard: int = 0
+    shards: int = 1
+    parents: tuple[str, ...] = ()
+
+    @property
+    def shard_spec(self) -> str:
+        return f"{self.shard}/{self.shards}" if self.shards > 1 else ""
+
+
+def parse_shards(text: str) -> dict[str, int]:
+    """"1:1:2" -> tasks per stage (speech translation : machine translation : speech synthesis)."""
+    try:
+        counts = [int(part) for part in text.split(":")]
+    except ValueError:
+        counts = []
+    if len(counts) != len(STAGE_STEPS) or min(counts) < 1:
+        raise ValueError(f"--shards takes {len(STAGE_STEPS)} positive counts like 1:1:2, got {text!r}")
+    return dict(zip(STAGE_STEPS, counts, strict=True))
+
+
+def plan(shards: dict[str, int] | None = None) -> list[Node]:
+    """The run's tasks in execution order; every shard of a step depends on every shard of the step before."""
+    nodes: list[Node] = []
+    previous: tuple[str, ...] = ()
+    for step in PIPELINE:
+        count = (shards or {}).get(step.name, 1)
+        names = tuple(f"{step.name}_shard{k}" if count > 1 else step.name for k in range(count))
+        nodes.extend(Node(name, step, k, count, previous) for k, name in enumerate(names))
+        previous = names
+    return nodes
 
 
 @dataclass
@@ -79,10 +119,11 @@ class PipelineConfig:
         return self.run.to_dict() | {"evaluation": asdict(self.evaluation)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, dict[str, Any]]) -> PipelineConfig:
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
         config = cls()
         for name, values in data.items():
-            fill(config.section(name), values)
+            if name != "shards":  # pipeline.json also records the topology, which is not a step section
+                fill(config.section(name), values)
         return config
 
 

@@ -35,14 +35,15 @@ ROLE_FIELDS = {  # ModelInfo.role -> (config section, model field, revision fiel
 }
 
 
-def pinned_config(old: Path) -> tuple[PipelineConfig, Path]:
-    """The earlier run's config with its models pinned, and its dataset folder (content hash checked)."""
+def pinned_config(old: Path) -> tuple[PipelineConfig, Path, dict[str, int]]:
+    """The earlier run's config with its models pinned, its dataset folder (content hash checked) and shards."""
     if not (old / "pipeline.json").is_file():
         raise ValueError(
             f"{old} has no pipeline.json: only runs made by `run --local` (the default steps runtime) or on a "
             f"ClearML server can be reproduced"
         )
-    config = PipelineConfig.from_dict(json.loads((old / "pipeline.json").read_text(encoding="utf-8")))
+    recorded_config = json.loads((old / "pipeline.json").read_text(encoding="utf-8"))
+    config = PipelineConfig.from_dict(recorded_config)
     summary = json.loads((old / "summary.json").read_text(encoding="utf-8"))
     for model in summary.get("models", []):
         if model["role"] in ROLE_FIELDS and model["revision"] not in ("local", ""):
@@ -61,7 +62,7 @@ def pinned_config(old: Path) -> tuple[PipelineConfig, Path]:
     info = folder / "dataset.json"
     if recorded and info.is_file() and json.loads(info.read_text())["content_hash"] != recorded:
         raise ValueError(f"the dataset at {folder} has changed since the run (content hash differs)")
-    return config, folder
+    return config, folder, recorded_config.get("shards") or {}
 
 
 def flat(metrics: dict[str, Any], path: str) -> Any:
@@ -94,9 +95,9 @@ def reproduce(run: str, output: Path) -> int:
     from clearml_pipeline.local_pipeline import run_locally
     from registry.model_sets import apply_model_set
 
-    config, dataset = pinned_config(old)
+    config, dataset, shards = pinned_config(old)
     apply_model_set(config.run, config.evaluation)
-    run_locally(config, dataset, output)
+    run_locally(config, dataset, output, shards)
     before = json.loads((old / "metrics.json").read_text(encoding="utf-8")) if (old / "metrics.json").is_file() else {}
     now = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
     print(f"\nreproduced {old} -> {output}\n{side_by_side(before, now)}")

@@ -23,6 +23,8 @@ from clearml_pipeline.streaming import StreamingOptions, StreamingRunner, availa
 from steps.audio import AUDIO_EXTENSIONS
 from steps.base import ModelInfo, Stage
 
+CALIBRATION_ITEMS = 4  # items that measure stage costs for `--replicas auto`
+
 
 @dataclass(frozen=True)
 class InputItem:
@@ -122,22 +124,52 @@ class LocalRunner:
     ) -> tuple[list[ItemResult], dict[str, float], dict[str, Any]]:
         assert self.streaming is not None
         gpu = {spec.name: is_gpu_stage(self.config, spec) for spec in STAGES}
-        replicas, threads = plan(self.streaming, gpu, available_cores(), _no_probe)
-        runner = StreamingRunner(self.config, self.streaming, ctx, replicas, threads)
-        try:
-            runner.start()
-            rows = runner.run([ItemResult(item.id, str(item.path)) for item in items], on_progress=progress)
-        finally:
-            runner.close()
+        pending = [ItemResult(item.id, str(item.path)) for item in items]
+        calibrated: list[ItemResult] = []
+        runners: list[StreamingRunner] = []
+
+        def calibrate() -> dict[str, float]:
+            """`--replicas auto`: the first items go through one worker per stage at one thread, which measures
+            each stage's CPU-seconds per item; their results are kept (nothing is computed twice)."""
+            ones = {spec.name: 1 for spec in STAGES}
+            probe = StreamingRunner(self.config, self.streaming, ctx, ones, ones)  # type: ignore[arg-type]
+            runners.append(probe)
+            try:
+                probe.start()
+                calibrated.extend(probe.run(pending[:CALIBRATION_ITEMS], on_progress=progress))
+            finally:
+                probe.close()
+            reached = {s.name: sum(s.name in r.latency_s for r in calibrated) for s in STAGES}
+            return {name: probe.stats.cpu_s.get(name, 0.0) / max(n, 1) for name, n in reached.items()}
+
+        replicas, threads = plan(self.streaming, gpu, available_cores(), calibrate)
+        rest = pending[len(calibrated) :]
+        if rest and runners and runners[0].stats.interrupted:
+            for row in rest:
+                row.fail("interrupted", "run interrupted (Ctrl-C) before this item finished")
+        elif rest:
+            runner = StreamingRunner(self.config, self.streaming, ctx, replicas, threads)
+            runners.append(runner)
+            try:
+                runner.start()
+                rest = runner.run(rest, on_progress=progress)
+            finally:
+                runner.close()
+        rows = calibrated + rest
         (ctx.out / "results.jsonl").write_text("".join(row.to_json() + "\n" for row in rows), encoding="utf-8")
-        busy = dict(runner.stats.busy_s) | {"input": sum(r.latency_s.get("input", 0.0) for r in rows)}
+        busy = {"input": sum(r.latency_s.get("input", 0.0) for r in rows)}
+        for done in runners:
+            for name, seconds in done.stats.busy_s.items():
+                busy[name] = busy.get(name, 0.0) + seconds
+        last = runners[-1]
         extra = {
             "replicas": replicas,
             "threads": threads,
-            "cold_start_s": runner.stats.cold_start_s,
-            "worker_restarts": runner.stats.restarts,
-            "interrupted": runner.stats.interrupted,
-            "models": [info for spec in STAGES for info in runner.models.get(spec.name, [])],
+            "cold_start_s": last.stats.cold_start_s,
+            "calibration_items": len(calibrated),
+            "worker_restarts": sum(done.stats.restarts for done in runners),
+            "interrupted": any(done.stats.interrupted for done in runners),
+            "models": [info for spec in STAGES for info in last.models.get(spec.name, [])],
         }
         return rows, busy, extra
 
@@ -146,10 +178,3 @@ def _device(config: RunConfig) -> str:
     from steps.device import pick_device
 
     return pick_device(config.speech_translation.device)
-
-
-def _no_probe() -> dict[str, float]:
-    raise ValueError(
-        "--replicas auto needs measured stage costs: run `python -m clearml_pipeline bench "
-        "--replicas auto` (it prints the replicas it chose) and pass those to `run`"
-    )

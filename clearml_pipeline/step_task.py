@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a file (ClearML agents and local jobs do
 import argparse
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,10 +33,15 @@ EXIT_OK, EXIT_SETUP_FAILED, EXIT_INTERRUPTED = 0, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clearml_pipeline.pipeline import StepIO
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step", default="", help="ingest, speech_translation, machine_translation, ...")
     parser.add_argument("--dataset", default="", help="local dataset folder or ClearML Dataset id")
-    parser.add_argument("--input", default="", help="previous step's output folder or task id")
+    parser.add_argument("--input", default="", help="previous step's output folder or task id (comma-separated)")
+    parser.add_argument("--shard", default="", help="k/N: process the items whose index %% N == k")
+    parser.add_argument("--checkpoint-every", type=int, default=StepIO().checkpoint_every,
+                        help="batches between checkpoints of partial results (a retried task resumes from them)")
     parser.add_argument("--output", default="", help="output folder (default: a temporary folder)")
     parser.add_argument("--config", type=Path, help="pipeline config JSON (PipelineConfig.to_dict) for defaults")
     parser.add_argument("--offline", action="store_true", help="record an offline ClearML session, no server")
@@ -69,16 +75,24 @@ def dataset_folder(ref: str, offline: bool) -> Path:
     return Path(Dataset.get(dataset_id=ref).get_local_copy())
 
 
+def fetch_inputs(refs: str, dest: Path) -> Any:
+    """The previous step's output; with several refs (its shards) merged into `dest`."""
+    from clearml_pipeline.step_work import merge_inputs
+
+    parts = [ref.strip() for ref in refs.split(",") if ref.strip()]
+    if not parts:
+        raise ValueError("no input given (step/input): the previous step's output folder or task id")
+    return merge_inputs([fetch_input(ref) for ref in parts], dest)
+
+
 def fetch_input(ref: str) -> Any:
-    """The previous step's output: its folder, or its task's artifacts downloaded."""
+    """One previous step's output: its folder, or its task's artifacts downloaded."""
     from clearml_pipeline.step_work import RESULTS, RUN, StepInput
 
     folder = Path(ref).expanduser()
     if folder.is_dir():
         audio = folder / "audio"
         return StepInput(folder / RESULTS, folder / RUN, audio if audio.is_dir() else None)
-    if not ref:
-        raise ValueError("no input given (step/input): the previous step's output folder or task id")
     from clearml import Task
 
     artifacts = Task.get_task(task_id=ref).artifacts
@@ -119,20 +133,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         sessions = args.sessions or (Path(args.output).resolve().parent.parent / "clearml")
         os.environ.update(offline_environment(sessions))
+        # A repository without a remote matters to agents, not to an offline session.
+        logging.getLogger("clearml.Repository Detection").setLevel(logging.ERROR)
     from clearml import Task
 
     if args.offline:
         Task.set_offline(True)
+    shard_suffix = f"_shard{args.shard.split('/')[0]}" if args.shard else ""
     task = Task.init(
         project_name=PROJECT,
-        task_name=args.step or "step",
+        task_name=f"{args.step or 'step'}{shard_suffix}",
         task_type=STEPS[args.step].task_type if args.step in STEPS else "custom",
         reuse_last_task_id=False,
         auto_connect_frameworks=False,
         auto_connect_arg_parser=False,
         auto_resource_monitoring=False,
     )
-    io = StepIO(name=args.step, dataset=args.dataset, input=args.input, output=args.output)
+    io = StepIO(
+        name=args.step,
+        dataset=args.dataset,
+        input=args.input,
+        output=args.output,
+        shard=args.shard,
+        checkpoint_every=args.checkpoint_every,
+    )
     fill(io, task.connect(asdict(io), name="step"))
     if io.name not in STEPS:
         print(f"error: unknown step {io.name!r}; choose from {', '.join(STEPS)}", file=sys.stderr)
@@ -169,7 +193,7 @@ def run_step(task: Any, env: Any, offline: bool, sessions: Path | None) -> int:
     from registry.hub import ModelUnavailableError
 
     try:
-        given = fetch_input(env.io.input) if env.step.parents else None
+        given = fetch_inputs(env.io.input, env.out / "input") if env.step.parents else None
         execute(env, given)
         upload_outputs(task, env.out)
     except KeyboardInterrupt:
@@ -195,7 +219,8 @@ def close(task: Any, offline: bool, sessions: Path | None, env: Any) -> None:
     if folder is not None:
         target_dir = sessions or env.out.resolve().parent.parent / "clearml"
         target_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f"{folder}.zip", target_dir / f"{env.step.name}.{Path(folder).name}.zip")
+        shard = f"_shard{env.io.shard.split('/')[0]}" if env.io.shard else ""
+        shutil.copy2(f"{folder}.zip", target_dir / f"{env.step.name}{shard}.{Path(folder).name}.zip")
 
 
 if __name__ == "__main__":

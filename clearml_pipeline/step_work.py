@@ -60,6 +60,54 @@ def load_rows(path: Path) -> list[ItemResult]:
     return [ItemResult(**row) for row in read_results(path)]
 
 
+def merge_inputs(inputs: list[StepInput], dest: Path) -> StepInput:
+    """The shards of one step, as one input. Each shard wrote every row but processed only its own (index % N
+    == shard), so row i is taken from shard i % N; their audio folders hold disjoint files."""
+    if len(inputs) == 1:
+        return inputs[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    shards = [load_rows(given.results) for given in inputs]
+    ids = [row.id for row in shards[0]]
+    if any([row.id for row in rows] != ids for rows in shards):
+        raise ValueError("the shards of the previous step list different items: were they run on the same dataset?")
+    write_rows(dest / RESULTS, [shards[i % len(shards)][i] for i in range(len(ids))])
+    runs = [json.loads(given.run.read_text(encoding="utf-8")) for given in inputs]
+    (dest / RUN).write_text(json.dumps(merge_runs(runs), indent=2, ensure_ascii=False), encoding="utf-8")
+    audio = None
+    for given in inputs:
+        if given.audio is not None:
+            audio = dest / AUDIO_DIR
+            shutil.copytree(given.audio, audio, dirs_exist_ok=True)
+    return StepInput(dest / RESULTS, dest / RUN, audio)
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run record from the shards': what they inherited is identical; what the sharded step added differs:
+    busy seconds add up (the work done), wall seconds take the slowest shard (they ran side by side)."""
+    run = json.loads(json.dumps(runs[0]))
+    for key, combine in (("busy_s", sum), ("wall_s", max)):
+        for name in run[key]:
+            values = [r[key].get(name, 0.0) for r in runs]
+            run[key][name] = combine(values) if len(set(values)) > 1 else values[0]
+    for name in run["stages"]:
+        figures = [r["stages"].get(name) for r in runs]
+        if any(f != figures[0] for f in figures):
+            run["stages"][name] = {"shards": figures}
+    for r in runs[1:]:
+        run.setdefault("registry", {}).update(r.get("registry", {}))
+    return run
+
+
+def shard_of(spec: str) -> tuple[int, int]:
+    """"k/N" -> (k, N); "" -> (0, 1)."""
+    if not spec:
+        return 0, 1
+    k, n = (int(part) for part in spec.split("/"))
+    if not 0 <= k < n:
+        raise ValueError(f"bad shard {spec!r}: want k/N with 0 <= k < N")
+    return k, n
+
+
 def ingest(env: StepEnv, _: StepInput | None) -> dict[str, Any]:
     """Resolve the dataset and list its items: a data_prep dataset (manifest.jsonl) or a folder of audio."""
     root = env.dataset_root()
@@ -98,9 +146,12 @@ def run_stage(env: StepEnv, given: StepInput | None) -> dict[str, Any]:
     if given.audio is not None and given.audio != env.out / AUDIO_DIR:
         shutil.copytree(given.audio, env.out / AUDIO_DIR, dirs_exist_ok=True)
     done = _resumable(env, spec.name)
-    todo = [row for row in rows if row.id not in done]
+    shard, shards = shard_of(env.io.shard)
+    todo = [row for i, row in enumerate(rows) if i % shards == shard and row.id not in done]
     partial = env.out / PARTIAL
-    with partial.open("a", encoding="utf-8") as sink, tqdm(total=len(rows), initial=len(done), desc=spec.name) as bar:
+    label = f"{spec.name} [{env.io.shard}]" if shards > 1 else spec.name
+    bar = tqdm(total=len(todo) + len(done), initial=len(done), desc=label)
+    with partial.open("a", encoding="utf-8") as sink, bar:
         for n, group in enumerate(batched(todo, runner.batch_size), start=1):
             spec.step(stage, list(group), ctx)
             sink.writelines(finish(row).to_json() + "\n" for row in group)
@@ -109,7 +160,7 @@ def run_stage(env: StepEnv, given: StepInput | None) -> dict[str, Any]:
             if n % max(env.io.checkpoint_every, 1) == 0:
                 env.checkpoint(partial)
     finished = {row.id: row for row in (*done.values(), *todo)}
-    rows = [finished[row.id] for row in rows]
+    rows = [finished.get(row.id, row) for row in rows]  # other shards' rows pass through untouched
     write_rows(env.out / RESULTS, rows)
     partial.unlink()
     run["busy_s"][spec.name] = stage.stats.busy_s

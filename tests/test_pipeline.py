@@ -8,7 +8,6 @@ results, and reproduce the run from its folder.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,24 +18,15 @@ from typing import Any
 
 import pytest
 
+from clearml_pipeline.pipeline import parse_shards, plan
 from tests.clearml_standin import start_standin
+from tests.cli import REPO, ok
+from tests.cli import python_m as cli
 from tests.cv_fixture import covost_path, make_common_voice_fixture
 
-REPO = Path(__file__).resolve().parents[1]
 N_CLIPS = 3
-STEPS = ("ingest", "speech_translation", "machine_translation", "speech_synthesis", "evaluation")
-
-
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc.stdout
+SHARDS = "1:1:2"  # speech synthesis fanned out into two tasks
+NODES = {node.name: node for node in plan(parse_shards(SHARDS))}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +42,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(dataset: Path, fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("run")
     proc = cli("clearml_pipeline", "run", "--local", "--input", str(dataset), "--output", str(out),
-               "--models", "fixtures", "--batch-size", "2")
+               "--models", "fixtures", "--batch-size", "2", "--shards", SHARDS)
     ok(proc)
     return {"out": out, "proc": proc}
 
@@ -65,15 +55,18 @@ def session(out: Path, step: str) -> zipfile.ZipFile:
 
 def test_every_step_left_an_offline_session_with_parameters_scalars_and_artifacts(run: dict[str, Any]) -> None:
     out = run["out"]
-    assert len(list((out / "clearml").glob("*.zip"))) == len(STEPS)
-    for step in STEPS:
-        with session(out, step) as z:
+    assert len(list((out / "clearml").glob("*.zip"))) == len(NODES)
+    tts_clips = 0
+    for name, node in NODES.items():
+        step = node.step.name
+        with session(out, name) as z:
             task = json.loads(z.read("task.json"))
             events = [json.loads(line) for line in z.read("metrics.jsonl").decode().splitlines() if line.strip()]
             names = z.namelist()
-        assert task["name"] == step
+        assert task["name"] == name
         params = task["hyperparams"]
         assert params["step"]["name"]["value"] == step and params["runner"]["models"]["value"] == "fixtures"
+        assert params["step"]["shard"]["value"] == node.shard_spec
         artifacts = {a["key"] for a in task["execution"]["artifacts"]}
         assert {"results", "run"} <= artifacts
         for key in artifacts:
@@ -84,11 +77,14 @@ def test_every_step_left_an_offline_session_with_parameters_scalars_and_artifact
             assert params[step]["model"]["value"]  # the stage's options, editable in the UI after import
             assert ("throughput", f"{step} items/s") in scalars and ("errors", step) in scalars
             assert (f"{step} latency (s)", "item") in scalars
-        if step == "speech_synthesis":
+        if step == "speech_synthesis":  # shard k synthesized items k, k + 2, ...
             assert "audio" in artifacts
-            assert sum(n.endswith(".wav") and "/metrics/output audio/" in n for n in names) == N_CLIPS
+            clips = sum(n.endswith(".wav") and "/metrics/output audio/" in n for n in names)
+            assert clips == len(range(node.shard, N_CLIPS, node.shards))
+            tts_clips += clips
         if step == "evaluation":
-            assert "metrics" in artifacts and ("quality", "bleu") in {(m, v) for m, v in scalars}
+            assert "metrics" in artifacts and ("quality", "bleu") in scalars
+    assert tts_clips == N_CLIPS
 
 
 def test_outputs_are_published_and_scored_against_the_dataset_references(run: dict[str, Any], dataset: Path) -> None:
@@ -102,23 +98,23 @@ def test_outputs_are_published_and_scored_against_the_dataset_references(run: di
     assert metrics["fixture_models"] is True and "noise" in (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"]["ref"] == str(dataset) and summary["dataset"]["info"]["content_hash"]
-    assert "ClearML offline sessions: 5" in run["proc"].stdout
+    assert f"ClearML offline sessions: {len(NODES)}" in run["proc"].stdout
 
 
 def test_offline_sessions_import_into_a_server(run: dict[str, Any], tmp_path: Path) -> None:
     zips = sorted((run["out"] / "clearml").glob("*.zip"))
-    code = "import sys\nfrom clearml import Task\nfor z in sys.argv[1:]:\n    print('ID=' + Task.import_offline_session(z))\n"
+    code = "import sys\nfrom clearml import Task\nfor z in sys.argv[1:]:\n    Task.import_offline_session(z)\n"
     with start_standin(tmp_path / "standin") as standin:
         proc = subprocess.run([sys.executable, "-c", code, *map(str, zips)], env=standin.subprocess_env(),
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert standin.errors == []
         tasks = {t["name"]: t for t in standin.tasks()}
-        assert set(STEPS) <= set(tasks)
-        tts = tasks["speech_synthesis"]
+        assert set(NODES) == set(tasks)
+        tts = tasks["speech_synthesis_shard0"]
         assert tts["hyperparams"]["speech_synthesis"]["vocoder"]["value"] == "parallel_wavegan/csmsc_hifigan.v1"
         assert {"results", "run", "summary", "audio"} <= set(standin.artifacts(tts["id"]))
-        assert len(standin.events(tts["id"], "training_debug_image")) == N_CLIPS
+        assert len(standin.events(tts["id"], "training_debug_image")) == len(range(0, N_CLIPS, 2))
         assert "throughput" in standin.scalars(tasks["machine_translation"]["id"])
 
 
@@ -141,6 +137,35 @@ def test_a_step_resumes_from_partial_results(run: dict[str, Any], tmp_path: Path
     assert list((tmp_path / "clearml").glob("machine_translation.offline-*.zip"))
 
 
+def test_a_retried_task_resumes_from_its_own_checkpoint(run: dict[str, Any], tmp_path: Path) -> None:
+    """On a server, a failed step is relaunched in place (same task, maybe another machine): it resumes from the
+    `partial` artifact it checkpointed, not from local files."""
+    out = run["out"]
+    step = ["clearml_pipeline/step_task.py", "--step", "machine_translation", "--input",
+            str(out / "steps" / "speech_translation"), "--config", str(out / "pipeline.json"),
+            "--dataset", json.loads((out / "summary.json").read_text())["dataset"]["ref"]]
+    with start_standin(tmp_path / "standin") as standin:
+        env = standin.subprocess_env()
+        first = subprocess.run([sys.executable, *step, "--output", str(tmp_path / "first"), "--checkpoint-every", "1"],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr[-3000:]
+        task = next(t for t in standin.tasks() if t["name"] == "machine_translation")
+        checkpoint = standin.file_path(standin.artifacts(task["id"])["partial"]["uri"])
+        rows = [json.loads(line) for line in checkpoint.read_text(encoding="utf-8").splitlines()]
+        assert [r["id"] for r in rows] == [json.loads(line)["id"] for line in (out / "results.jsonl").open()]
+        rows[0]["zh_text"] = "检查点里的译文"  # so that a recomputed row would show
+        checkpoint.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        # The relaunch: the same task id, run as ClearML runs a task (its parameters come from the server).
+        retry_env = env | {"CLEARML_TASK_ID": task["id"], "CLEARML_SIMULATE_REMOTE_TASK": "1"}
+        retry = subprocess.run([sys.executable, "clearml_pipeline/step_task.py"], cwd=REPO, env=retry_env,
+                               capture_output=True, text=True, timeout=300)
+        assert retry.returncode == 0, retry.stderr[-3000:]
+        assert f"resuming, {len(rows)} item(s) already done" in retry.stdout
+        results = standin.file_path(standin.artifacts(task["id"])["results"]["uri"]).read_text(encoding="utf-8")
+        assert json.loads(results.splitlines()[0])["zh_text"] == "检查点里的译文"
+        assert standin.errors == []
+
+
 def test_reproduce_reruns_with_the_same_data_and_pinned_models(run: dict[str, Any], tmp_path: Path) -> None:
     out, again = run["out"], tmp_path / "again"
     proc = cli("clearml_pipeline", "reproduce", str(out), "--output", str(again))
@@ -150,6 +175,7 @@ def test_reproduce_reruns_with_the_same_data_and_pinned_models(run: dict[str, An
     config = json.loads((again / "pipeline.json").read_text())
     assert config["speech_translation"]["revision"] == recorded["speech_translation"]
     assert config["machine_translation"]["revision"] == recorded["machine_translation"]
+    assert config["shards"] == parse_shards(SHARDS) and (again / "steps" / "speech_synthesis_shard1").is_dir()
     old = [json.loads(line)["id"] for line in (out / "results.jsonl").open()]
     assert [json.loads(line)["id"] for line in (again / "results.jsonl").open()] == old
     metrics = json.loads((again / "metrics.json").read_text())

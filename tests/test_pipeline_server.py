@@ -23,24 +23,20 @@ from typing import Any
 
 import pytest
 
+from clearml_pipeline.pipeline import parse_shards, plan
 from tests.clearml_standin import Standin, start_standin
+from tests.cli import REPO, ok, python_m
 from tests.cv_fixture import covost_path, make_common_voice_fixture
 
-REPO = Path(__file__).resolve().parents[1]
 N_CLIPS = 3
-STEP_NAMES = ("ingest", "speech_translation", "machine_translation", "speech_synthesis", "evaluation")
+SHARDS = "1:2:1"  # machine translation fanned out into two tasks: the multi-machine path
+NODES = {node.name: node for node in plan(parse_shards(SHARDS))}
+STEP_NAMES = tuple(NODES)  # ingest, speech_translation, machine_translation_shard0/1, speech_synthesis, evaluation
+MT_SHARDS = ("machine_translation_shard0", "machine_translation_shard1")
 
 
 def cli(standin: Standin, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = standin.subprocess_env()
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc.stdout
+    return python_m(*args, env=standin.subprocess_env(), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +67,26 @@ def flow(fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "clearml_pipeline", "run", "--dataset", dataset_id, "--models", "fixtures",
             "--st-model", "registry:whisper-large", "--mt-model", "registry:opus-mt-en-zh",
             "--run-steps-locally", "true", "--poll-seconds", "0.5", "--eval-intelligibility", "false",
-            "--gpu-queue", "gpu-a100", "--cpu-queue", "cpu-pool",
+            "--gpu-queue", "gpu-a100", "--cpu-queue", "cpu-pool", "--shards", SHARDS,
         )
+        errors_after_first_run = standin.errors
+        again_run = cli(  # unchanged code and inputs: every step is taken from the cache
+            standin,
+            "clearml_pipeline", "run", "--dataset", dataset_id, "--models", "fixtures",
+            "--st-model", "registry:whisper-large", "--mt-model", "registry:opus-mt-en-zh",
+            "--run-steps-locally", "true", "--poll-seconds", "0.5", "--eval-intelligibility", "false",
+            "--gpu-queue", "gpu-a100", "--cpu-queue", "cpu-pool", "--shards", SHARDS,
+        )
+        standin.add_queue("services")
+        pipeline_id = re.search(r"^pipeline (\w+) finished", run.stdout, re.MULTILINE)
+        reproduce = cli(standin, "clearml_pipeline", "reproduce", pipeline_id.group(1) if pipeline_id else "?",
+                        "--output", str(root / "unused"))
         yield {
             "standin": standin,
+            "pipeline_id": pipeline_id.group(1) if pipeline_id else None,
+            "reproduce": reproduce,
+            "errors_after_first_run": errors_after_first_run,
+            "again_run": again_run,
             "dataset_id": dataset_id,
             "ingest_first": first,
             "ingest_again": again,
@@ -85,11 +97,13 @@ def flow(fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         }
 
 
-def pipeline_tasks(standin: Standin) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    controllers = [t for t in standin.tasks() if t["type"] == "controller"]
-    assert len(controllers) == 1
-    controller = controllers[0]
-    steps = {t["name"]: t for t in standin.tasks() if t.get("parent") == controller["id"]}
+def pipeline_tasks(standin: Standin, index: int = 0) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    controllers = [t for t in standin.tasks() if t["type"] == "controller" and t["status"] == "completed"]
+    assert len(controllers) == 2  # the run and its cached rerun (a reproduce clone waits in the queue)
+    controller = controllers[index]
+    # Step tasks are the controller's children; a reproduce clone is one too, but a controller itself.
+    children = [t for t in standin.tasks() if t.get("parent") == controller["id"]]
+    steps = {t["name"]: t for t in children if t["type"] != "controller"}
     return controller, steps
 
 
@@ -109,16 +123,18 @@ def artifact_json(standin: Standin, task: dict[str, Any], name: str) -> Any:
 def test_the_pipeline_ran_every_step_as_its_own_task(flow: dict[str, Any]) -> None:
     ok(flow["run"])
     standin = flow["standin"]
-    assert standin.errors == [], standin.errors
+    assert flow["errors_after_first_run"] == [], flow["errors_after_first_run"]
     controller, steps = pipeline_tasks(standin)
     assert controller["status"] == "completed" and "pipeline" in controller["system_tags"]
     assert set(steps) == set(STEP_NAMES)
     assert len({t["id"] for t in steps.values()}) == len(STEP_NAMES)
     for name, task in steps.items():
         assert task["status"] == "completed", name
-        assert param(task, "step/name") == name
+        assert param(task, "step/name") == NODES[name].step.name
+        assert param(task, "step/shard") == NODES[name].shard_spec
         assert task["script"]["entry_point"].endswith("step_task.py")
-    assert [steps[n]["type"] for n in STEP_NAMES] == ["data_processing", "inference", "inference", "inference", "qc"]
+    assert [steps[n]["type"] for n in STEP_NAMES] == ["data_processing", *["inference"] * 4, "qc"]
+    assert [param(steps[n], "step/shard") for n in MT_SHARDS] == ["0/2", "1/2"]
 
 
 def test_queues_and_parameters_come_from_the_pipeline(flow: dict[str, Any]) -> None:
@@ -128,7 +144,8 @@ def test_queues_and_parameters_come_from_the_pipeline(flow: dict[str, Any]) -> N
     assert queues == {
         "ingest": "${pipeline.cpu_queue}",
         "speech_translation": "${pipeline.gpu_queue}",
-        "machine_translation": "${pipeline.gpu_queue}",
+        "machine_translation_shard0": "${pipeline.gpu_queue}",
+        "machine_translation_shard1": "${pipeline.gpu_queue}",
         "speech_synthesis": "${pipeline.cpu_queue}",
         "evaluation": "${pipeline.gpu_queue}",
     }
@@ -138,17 +155,17 @@ def test_queues_and_parameters_come_from_the_pipeline(flow: dict[str, Any]) -> N
     assert pipeline_params["gpu_queue"] == "gpu-a100" and pipeline_params["cpu_queue"] == "cpu-pool"
     assert pipeline_params["dataset"] == flow["dataset_id"]
     assert pipeline_params["st_model"] == "registry:whisper-large"
-    for name in STEP_NAMES[1:]:
-        assert dag[name]["parents"] == [STEP_NAMES[STEP_NAMES.index(name) - 1]]
-    # Each step task got the pipeline's values, and its input is its parent step's task.
+    assert dag["machine_translation_shard1"]["parents"] == ["speech_translation"]
+    assert dag["speech_synthesis"]["parents"] == list(MT_SHARDS)
+    # Each step task got the pipeline's values, and its input is its parent tasks (all shards of the step before).
     assert param(steps["speech_translation"], "speech_translation/model") == "registry:whisper-large"
-    assert param(steps["machine_translation"], "machine_translation/model") == "registry:opus-mt-en-zh"
+    for shard in MT_SHARDS:
+        assert param(steps[shard], "machine_translation/model") == "registry:opus-mt-en-zh"
     for name in STEP_NAMES:
         assert param(steps[name], "step/dataset") == flow["dataset_id"]
         assert param(steps[name], "runner/models") == "fixtures"
-    for name in STEP_NAMES[1:]:
-        parent = STEP_NAMES[STEP_NAMES.index(name) - 1]
-        assert param(steps[name], "step/input") == steps[parent]["id"]
+        assert dag[name]["parents"] == list(NODES[name].parents)
+        assert param(steps[name], "step/input") == ",".join(steps[p]["id"] for p in NODES[name].parents)
 
 
 def test_artifacts_passed_between_steps_are_the_ones_read(flow: dict[str, Any]) -> None:
@@ -159,11 +176,17 @@ def test_artifacts_passed_between_steps_are_the_ones_read(flow: dict[str, Any]) 
     assert len(ids) == N_CLIPS  # the dataset's accepted clips, fetched through Dataset.get
     for name in STEP_NAMES[1:]:
         assert [r["id"] for r in rows[name]] == ids  # every item accounted for, in order, at every step
-    # Machine translation translated exactly the English that speech translation's artifact holds, and so on.
+    # Machine translation translated exactly the English that speech translation's artifact holds, each shard its
+    # own items (index % 2); speech synthesis read the shards' artifacts merged.
     st = {r["id"]: r for r in rows["speech_translation"]}
-    for row in rows["machine_translation"]:
-        assert row["en_text"] == st[row["id"]]["en_text"] and row["zh_text"]
-    mt = {r["id"]: r for r in rows["machine_translation"]}
+    mt = {}
+    for k, shard in enumerate(MT_SHARDS):
+        for i, row in enumerate(rows[shard]):
+            assert row["en_text"] == st[row["id"]]["en_text"]
+            assert bool(row["zh_text"]) == (i % 2 == k)  # the other shard's items pass through untranslated
+            if i % 2 == k:
+                mt[row["id"]] = row
+    assert set(mt) == set(ids)
     for row in rows["speech_synthesis"]:
         assert row["zh_text"] == mt[row["id"]]["zh_text"] and row["zh_audio"] == f"audio/{row['id']}.wav"
     assert "audio" in standin.artifacts(steps["speech_synthesis"]["id"])
@@ -186,7 +209,8 @@ def test_models_came_through_the_registry(flow: dict[str, Any]) -> None:
     _, steps = pipeline_tasks(standin)
     for step, key, name in (
         ("speech_translation", "speech_translation.model", "whisper-large"),
-        ("machine_translation", "machine_translation.model", "opus-mt-en-zh"),
+        ("machine_translation_shard0", "machine_translation.model", "opus-mt-en-zh"),
+        ("machine_translation_shard1", "machine_translation.model", "opus-mt-en-zh"),
     ):
         resolved = artifact_json(standin, steps[step], "run")["registry"][key]
         assert resolved["id"] == flow["registered"][name] and resolved["ref"] == f"registry:{name}"
@@ -204,6 +228,28 @@ def test_dataset_registered_once_and_scored_against_its_references(flow: dict[st
     assert metrics["translation"]["bleu_signature"].startswith("nrefs:1")
     scalars = flow["standin"].scalars(steps["evaluation"]["id"])
     assert scalars, "evaluation reported no scalars"
+
+
+def test_a_rerun_with_unchanged_inputs_reuses_every_step(flow: dict[str, Any]) -> None:
+    ok(flow["again_run"])
+    _, first = pipeline_tasks(flow["standin"], 0)
+    controller, _ = pipeline_tasks(flow["standin"], 1)
+    dag = json.loads(controller["configuration"]["Pipeline"]["value"])
+    assert {name: dag[name]["executed"] for name in STEP_NAMES} == {name: first[name]["id"] for name in STEP_NAMES}
+    # The cached rerun asks for a few things the stand-in does not serve (it would delete the step tasks it
+    # created and then found in the cache, and reads their logs); nothing else was refused.
+    later = flow["standin"].errors[len(flow["errors_after_first_run"]):]
+    assert {endpoint for endpoint, _ in later} <= {"events.get_task_events", "tasks.delete"}, later
+
+
+def test_reproduce_clones_the_pipeline_with_its_parameters_and_enqueues_it(flow: dict[str, Any]) -> None:
+    out = ok(flow["reproduce"])
+    standin, original = flow["standin"], flow["pipeline_id"]
+    clone_id = re.search(r"cloned as (\w+)", out).group(1)  # type: ignore[union-attr]
+    clone = standin.task(clone_id)
+    assert clone["hyperparams"]["Args"] == standin.task(original)["hyperparams"]["Args"]  # dataset, models, queues
+    assert clone["script"]["entry_point"] == standin.task(original)["script"]["entry_point"]
+    assert standin.queued("services") == [clone_id] and clone["status"] == "queued"
 
 
 def test_an_unreachable_server_is_reported_in_seconds(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ The same commands against ClearML's model registry are exercised in tests/test_p
 from __future__ import annotations
 
 import os
+import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,14 @@ from clearml_pipeline.pipeline import PipelineConfig
 from registry.catalog import LocalRegistry, ModelRecord, folder_hash
 from registry.hub import ModelUnavailableError
 from registry.refs import resolve_sections
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli import python_m
 
 
 def registry_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
     env["S2ST_REGISTRY_DIR"] = str(root)
     env["CLEARML_CONFIG_FILE"] = str(root / "no-server.conf")  # no credentials: the local registry is chosen
-    return subprocess.run(
-        [sys.executable, "-m", "registry", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+    return python_m("registry", *args, env=env, timeout=120)
 
 
 def test_register_list_resolve_offline(fixture_caches: Any, tmp_path: Path) -> None:
@@ -89,5 +86,5 @@ def test_refs_in_run_options_resolve_to_local_copies(tmp_path: Path) -> None:
         "ref": "registry:tiny-mt", "id": record.id, "content_hash": record.content_hash, "source": str(model),
         "revision": "local", "path": str(path)}}
     config.run.machine_translation.model = "registry:nope"
-    with pytest.raises(ModelUnavailableError, match="machine_translation.model: 'registry:nope'"):
+    with pytest.raises(ModelUnavailableError, match=re.escape("machine_translation.model: 'registry:nope'")):
         resolve_sections({"machine_translation": config.run.machine_translation}, registry)

@@ -135,21 +135,30 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
     ]
     env = {**os.environ, "S2ST_FIXTURES_DIR": os.environ["S2ST_FIXTURES_DIR"]}
     outputs = {}
-    for runtime in ("inprocess", "streaming"):
-        out = tmp_path / runtime
+    for name, runtime, replicas in (
+        ("inprocess", "inprocess", "1:1:2"),
+        ("streaming", "streaming", "1:1:2"),
+        ("auto", "streaming", "auto"),  # sized from the first items' measured costs, which it keeps
+    ):
+        out = tmp_path / name
         proc = subprocess.run(
-            [*base, "--output", str(out), "--runtime", runtime, "--replicas", "1:1:2"],
+            [*base, "--output", str(out), "--runtime", runtime, "--replicas", replicas],
             capture_output=True,
             text=True,
             env=env,
             timeout=600,
         )
         assert proc.returncode == 1, proc.stderr[-2000:]  # the broken clip
-        outputs[runtime] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        outputs[name] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     keys = ("id", "status", "stage", "en_text", "zh_text", "no_speech", "zh_audio")
-    assert [{k: r[k] for k in keys} for r in outputs["streaming"]] == [
-        {k: r[k] for k in keys} for r in outputs["inprocess"]
-    ]
+    for name in ("streaming", "auto"):
+        assert [{k: r[k] for k in keys} for r in outputs[name]] == [
+            {k: r[k] for k in keys} for r in outputs["inprocess"]
+        ], name
+    auto = json.loads((tmp_path / "auto" / "summary.json").read_text())["streaming"]
+    assert auto["calibration_items"] == min(4, len(outputs["auto"]))
+    assert set(auto["replicas"]) == {"speech_translation", "machine_translation", "speech_synthesis"}
+    assert all(n >= 1 for n in auto["replicas"].values())
     summary = json.loads((tmp_path / "streaming" / "summary.json").read_text())
     assert summary["streaming"]["replicas"] == {
         "speech_translation": 1,

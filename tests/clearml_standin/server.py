@@ -395,6 +395,41 @@ class StandinState:
         self.events.setdefault(tid, [])
         return {"id": tid}
 
+    def tasks__clone(self, req: Any, body: dict) -> dict:
+        """As the server's clone_task: a new `created` task with the source's script, parameters, configuration and
+        execution (input artifacts only, no queue), with the given name/comment/tags/parent/project overrides."""
+        source = self._task(body["task"])
+        tid = _new_id()
+        execution = copy.deepcopy(source.get("execution") or {})
+        execution["artifacts"] = [a for a in execution.get("artifacts") or [] if a.get("mode") == "input"]
+        execution.pop("queue", None)
+        execution.update(body.get("execution_overrides") or {})
+        task = {
+            "id": tid,
+            "name": body.get("new_task_name") or source["name"],
+            "comment": body.get("new_task_comment", source.get("comment", "")),
+            "parent": body.get("new_task_parent") or source.get("parent"),
+            "project": body.get("new_task_project") or source.get("project"),
+            "tags": body.get("new_task_tags") if body.get("new_task_tags") is not None else list(source["tags"]),
+            "system_tags": [t for t in source.get("system_tags", []) if t not in ("development", "archived")],
+            "type": source["type"],
+            "script": copy.deepcopy(source.get("script")),
+            "hyperparams": copy.deepcopy(body.get("new_task_hyperparams") or source.get("hyperparams") or {}),
+            "configuration": copy.deepcopy(body.get("new_task_configuration") or source.get("configuration") or {}),
+            "execution": execution,
+            "output": {"destination": (source.get("output") or {}).get("destination")},
+            "status": "created",
+            "created": _now(),
+            "last_update": _now(),
+            "last_change": _now(),
+            "user": "standin-user",
+            "company": "standin",
+        }
+        _apply_task_defaults(task)
+        self.tasks[tid] = task
+        self.events.setdefault(tid, [])
+        return {"id": tid, "new_project": None}
+
     def tasks__get_all(self, req: Any, body: dict) -> dict:
         docs = []
         for t in self.tasks.values():
