@@ -517,7 +517,9 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 def format_report(metrics: dict[str, Any]) -> str:
-    lines = [f"# Evaluation of {Path(metrics['run']).name}", ""]
+    dataset = (metrics.get("dataset") or {}).get("run") or {}  # what the run recorded of its dataset
+    source = f", dataset `{dataset['ref']}`" if dataset.get("ref") else ""
+    lines = ["# Evaluation report", "", f"Run `{metrics['run']}`{source}.", ""]
     if metrics["fixture_models"]:
         lines += [
             f"> **WARNING: this run used fixture models (`{metrics['model_set']}`: tiny random weights). Every "

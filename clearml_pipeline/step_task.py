@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
     if args.offline:
-        sessions = args.sessions or (Path(args.output).resolve().parent.parent / "clearml")
+        sessions = args.sessions or (Path(args.output or ".").resolve().parent.parent / "clearml")
         os.environ.update(offline_environment(sessions))
         # A repository without a remote matters to agents, not to an offline session.
         logging.getLogger("clearml.Repository Detection").setLevel(logging.ERROR)
@@ -167,9 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         connect_section(task, config.section(section), section)
     if args.queue and task.running_locally():
         task.execute_remotely(queue_name=args.queue, exit_process=True)
-    from registry.model_sets import apply_model_set
-
-    apply_model_set(config.run, config.evaluation)  # a fixture model set points this process at its caches
     offline = args.offline or Task.is_offline()
     out = Path(io.output).expanduser() if io.output else Path(tempfile.mkdtemp(prefix=f"s2st-{io.name}-"))
     env = StepEnv(
@@ -191,8 +188,11 @@ def run_step(task: Any, env: Any, offline: bool, sessions: Path | None) -> int:
     from clearml_pipeline.server import ServerUnavailableError
     from clearml_pipeline.step_work import execute
     from registry.hub import ModelUnavailableError
+    from registry.model_sets import apply_model_set
 
+    (env.out / "error.txt").unlink(missing_ok=True)  # a failed earlier attempt's message is not this one's
     try:
+        apply_model_set(env.config.run, env.config.evaluation)  # a fixture model set: this process's caches
         given = fetch_inputs(env.io.input, env.out / "input") if env.step.parents else None
         execute(env, given)
         upload_outputs(task, env.out)
