@@ -62,21 +62,15 @@ def flow(fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             registered[name] = re.search(r"^registered: \S+ id=(\w+)", out, re.MULTILINE).group(1)  # type: ignore[union-attr]
         listing = ok(cli(standin, "registry", "list"))
         started = time.monotonic()
-        run = cli(
-            standin,
+        pipeline_run = (
             "clearml_pipeline", "run", "--dataset", dataset_id, "--models", "fixtures",
             "--st-model", "registry:whisper-large", "--mt-model", "registry:opus-mt-en-zh",
             "--run-steps-locally", "true", "--poll-seconds", "0.5", "--eval-intelligibility", "false",
             "--gpu-queue", "gpu-a100", "--cpu-queue", "cpu-pool", "--shards", SHARDS,
         )
+        run = cli(standin, *pipeline_run)
         errors_after_first_run = standin.errors
-        again_run = cli(  # unchanged code and inputs: every step is taken from the cache
-            standin,
-            "clearml_pipeline", "run", "--dataset", dataset_id, "--models", "fixtures",
-            "--st-model", "registry:whisper-large", "--mt-model", "registry:opus-mt-en-zh",
-            "--run-steps-locally", "true", "--poll-seconds", "0.5", "--eval-intelligibility", "false",
-            "--gpu-queue", "gpu-a100", "--cpu-queue", "cpu-pool", "--shards", SHARDS,
-        )
+        again_run = cli(standin, *pipeline_run)  # unchanged code and inputs: every step is taken from the cache
         errors_after_rerun = standin.errors
         standin.add_queue("services")
         pipeline_id = re.search(r"^pipeline (\w+) finished", run.stdout, re.MULTILINE)
