@@ -7,13 +7,24 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
-# espeak-ng and sox make the Spanish and Mandarin speech the tests use; libsndfile decodes mp3/ogg/flac.
-if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+# System packages (Debian/Ubuntu), each checked on its own so a re-run installs only what is missing:
+#   espeak-ng       Spanish and Mandarin speech for the tests, the shipped samples and benchmarks
+#   sox             converts and cuts test audio (rates, channels, flac/ogg)
+#   libsox-fmt-mp3  sox's mp3 handler: the Common Voice fixture is mp3, as Common Voice is
+#   git             step tasks record the repository and commit; agents clone it
+# The product itself decodes audio with the libsndfile bundled in the soundfile wheel (wav, flac, ogg, mp3).
+SYSTEM_PACKAGES=(espeak-ng sox libsox-fmt-mp3 git)
+missing=()
+for package in "${SYSTEM_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "note: the tests need these system packages: sudo apt-get install ${missing[*]}" >&2
   fi
-elif ! command -v espeak-ng >/dev/null; then
-  echo "note: install espeak-ng and sox (e.g. sudo apt-get install espeak-ng sox) to run the tests" >&2
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -18,24 +18,22 @@ if __package__ in (None, ""):  # run as a file (a ClearML agent running the cont
 
 import argparse
 import json
+import time
 from typing import Any
 
-from clearml_pipeline.config import (
-    add_config_arguments,
-    add_section,
-    config_from_args,
-    section_from_args,
-)
-from clearml_pipeline.logs import quiet_libraries
+# Light imports only up here: SIGTERM must be handled (main) before the seconds torch takes to import.
+from clearml_pipeline.interrupts import handle_signals, hold_signals, interrupted_exit_code, received, release_signals
 
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_SETUP_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_SETUP_FAILED = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     from clearml_pipeline.bench import BenchOptions
+    from clearml_pipeline.config import add_config_flags
     from clearml_pipeline.controller import RemoteOptions
-    from clearml_pipeline.evaluation import EvaluationOptions, add_evaluate_arguments
-    from clearml_pipeline.streaming import StreamingOptions
+    from clearml_pipeline.evaluation import add_evaluate_arguments
+    from clearml_pipeline.replicas import StreamingOptions
+    from steps.options import add_flags
 
     parser = argparse.ArgumentParser(
         prog="python -m clearml_pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,15 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --local. steps: each pipeline step an offline ClearML task in its own process, as on agents; "
         "inprocess: one process, items in groups; streaming: worker processes per stage (see --replicas)",
     )
-    add_section(run, RemoteOptions(), "", "ClearML server (without --local)")
-    add_section(run, EvaluationOptions(), "eval-", "evaluation")
+    add_flags(run, RemoteOptions(), "", "ClearML server (without --local)")
     bench = commands.add_parser("bench", help="throughput experiment: streaming runtime vs sequential baseline")
-    add_section(bench, BenchOptions(), "", "benchmark")
+    add_flags(bench, BenchOptions(), "", "benchmark")
     for command in (run, bench):
         command.add_argument("--input", type=Path, required=command is bench, help="an audio file or a folder of them")
         command.add_argument("--output", type=Path, required=command is bench, help="folder for the results")
-        add_section(command, StreamingOptions(), "", "streaming runtime")
-        add_config_arguments(command)
+        add_flags(command, StreamingOptions(), "", "streaming runtime")
+        add_config_flags(command, evaluation=command is run)
     add_evaluate_arguments(commands.add_parser("evaluate", help="score a finished run: quality, speed, report"))
     reproduce = commands.add_parser("reproduce", help="rerun a finished run with its data, models and parameters")
     reproduce.add_argument("run", help="the earlier run: a local OUT folder, or a ClearML pipeline task id")
@@ -78,95 +75,199 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         print(f"  {name:<20} {stage['items']:>4} items  {rate:>14}  p50 {p50 if p50 is None else round(p50, 3)} s")
     if e2e["real_time_factor"]:
         print(f"  real-time factor {e2e['real_time_factor']:.2f} over {e2e['audio_seconds']:.1f} s of input audio")
+    if streaming := summary.get("streaming"):
+        replicas = ":".join(str(n) for n in streaming["replicas"].values())
+        print(f"  replicas {replicas} ({streaming['replicas_chosen_by']})")
     print(f"results: {out / 'results.jsonl'}\nsummary: {out / 'summary.json'}")
+    clips = sorted((out / "audio").glob("*.wav"))
+    if clips:
+        print(f"audio:   {len(clips)} clip(s) in {out / 'audio'}, e.g. {clips[0]}")
 
 
-def prepare(args: argparse.Namespace) -> tuple[Any, list[Any]]:
-    """Config, model set and inputs; raises the user-facing errors that end a run before it starts."""
-    from clearml_pipeline.runner import discover_inputs
-    from registry.model_sets import apply_model_set
+def ready_config(config: Any) -> tuple[Any, dict[str, Any]]:
+    """The config as this process loads models from it: the model set's caches, and every registry ref resolved
+    to its local copy (returned too, for the run's record). Works on a RunConfig or a PipelineConfig."""
+    from registry.model_sets import model_caches
+    from registry.refs import resolve_sections
 
-    config = config_from_args(args)
-    items = discover_inputs(args.input)
-    if config.runner.limit:
-        items = items[: config.runner.limit]
+    config = config.updated(model_caches(config.sections()["runner"].models, config.sections()))
+    changes, resolved = resolve_sections(config.sections())
+    return config.updated(changes), resolved
+
+
+def check_output(out: Path) -> None:
+    """OUT must be a folder this process can write; otherwise the run stops now, in one sentence (exit 2)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file, not a folder: give a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".s2st-write-check"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(
+            f"--output {out} cannot be written ({exc.strerror or exc}): give a folder you can write"
+        ) from None
+
+
+def list_inputs(args: argparse.Namespace, limit: int) -> list[Any]:
+    """The inputs under --input, this run's OUT left out (said so when it is inside the input folder)."""
+    from clearml_pipeline.inputs import discover_inputs
+
+    source, out = args.input.absolute(), args.output.absolute()
+    if source.is_dir() and out.is_relative_to(source):
+        print(f"note: the output folder {args.output} is inside the input folder; it is not read as input")
+    items = discover_inputs(args.input, exclude=[args.output])
+    return items[:limit] if limit else items
+
+
+def prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
+    """Config (models resolved) and inputs; raises the user-facing errors that end a run before it starts."""
+    from clearml_pipeline.config import config_from_flags
+
+    config = config_from_flags(args)
+    items = list_inputs(args, config.runner.limit)
     if not items:
         raise ValueError(f"no audio files ({', '.join(('wav', 'flac', 'mp3', 'ogg'))}) under {args.input}")
-    apply_model_set(config)
-    return config, items
+    config, resolved = ready_config(config)
+    return config, resolved, items
 
 
-def pipeline_config(args: argparse.Namespace) -> Any:
-    from clearml_pipeline.evaluation import EvaluationOptions
-    from clearml_pipeline.pipeline import PipelineConfig
-
-    return PipelineConfig(config_from_args(args), section_from_args(args, EvaluationOptions(), "eval-"))
-
-
-def run_steps(args: argparse.Namespace) -> int:
+def run_steps(args: argparse.Namespace, started: float) -> int:
     """The pipeline with no server: every step an offline ClearML task (clearml_pipeline.local_pipeline)."""
+    from clearml_pipeline.config import config_from_flags
+    from clearml_pipeline.controller import RemoteOptions
     from clearml_pipeline.local_pipeline import run_locally, sessions
-    from registry.model_sets import apply_model_set
-
-    config = pipeline_config(args)
-    apply_model_set(config.run, config.evaluation)
-    dataset = args.input.resolve()
-    if dataset.is_file():  # one clip: a one-item dataset folder that links to it
-        single = args.output.resolve() / "input"
-        single.mkdir(parents=True, exist_ok=True)
-        (single / dataset.name).unlink(missing_ok=True)
-        (single / dataset.name).symlink_to(dataset)
-        dataset = single
-    elif not dataset.is_dir():
-        raise FileNotFoundError(f"input {args.input} does not exist")
     from clearml_pipeline.pipeline import parse_shards
+    from steps.options import from_flags
 
-    summary = run_locally(config, dataset, args.output, parse_shards(args.shards))
+    config = config_from_flags(args, evaluation=True)
+    dataset = steps_dataset(args)
+    if dataset.is_dir() and args.output.absolute().is_relative_to(dataset):
+        print(f"note: the output folder {args.output} is inside the input folder; it is not read as input")
+    summary = run_locally(config, dataset, args.output, parse_shards(from_flags(args, RemoteOptions(), "").shards))
     print_summary(summary, args.output)
-    zips = sessions(args.output)
+    zips = sessions(args.output, since=started)
     print(f"ClearML offline sessions: {len(zips)} under {args.output / 'clearml'} "
           f"(upload: clearml-task --import-offline-session ZIP)")
+    if summary.get("interrupted"):
+        return exit_interrupted(summary)
     return EXIT_OK if summary["counts"]["error"] == 0 else EXIT_ITEMS_FAILED
 
 
-def run_remote(args: argparse.Namespace) -> int:
-    from clearml_pipeline.controller import RemoteOptions, launch
-    from registry.model_sets import apply_model_set
+def steps_dataset(args: argparse.Namespace) -> Path:
+    """The steps runtime's dataset folder: --input as given (absolute, links kept), or for one clip a one-item
+    folder OUT/input that links to it."""
+    dataset = args.input.absolute()
+    if dataset.is_file():
+        single = args.output.absolute() / "input"
+        single.mkdir(parents=True, exist_ok=True)
+        (single / dataset.name).unlink(missing_ok=True)
+        (single / dataset.name).symlink_to(dataset)
+        return single
+    if not dataset.is_dir():
+        raise FileNotFoundError(f"input {args.input} does not exist")
+    return dataset
 
-    config = pipeline_config(args)
-    apply_model_set(config.run, config.evaluation)
-    options = section_from_args(args, RemoteOptions(), "")
-    pipeline_id = launch(config, options)
+
+def exit_interrupted(summary: dict[str, Any]) -> int:
+    """128 + the signal: ours, or the one a step process alone was stopped with."""
+    if received() is None and summary.get("interrupted_by"):
+        return 128 + int(summary["interrupted_by"])
+    return interrupted_exit_code()
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    from clearml_pipeline.config import config_from_flags
+    from clearml_pipeline.controller import RemoteOptions, launch
+    from steps.options import from_flags
+
+    options = from_flags(args, RemoteOptions(), "")
+    pipeline_id = launch(config_from_flags(args, evaluation=True), options)
     print(f"pipeline {pipeline_id} finished" if options.run_steps_locally else f"pipeline {pipeline_id} launched")
     return EXIT_OK
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from clearml_pipeline.runner import LocalRunner
-    from clearml_pipeline.streaming import StreamingOptions
+    """`run --local`: OUT checked and emptied of an earlier run's files first; interrupted anywhere (even while
+    the config and models are prepared), every input still gets a row in OUT/results.jsonl."""
+    from clearml_pipeline.execution import start_outputs
 
-    if args.runtime == "steps":
-        return run_steps(args)
-    config, items = prepare(args)
-    runner = LocalRunner(
-        config, section_from_args(args, StreamingOptions(), "") if args.runtime == "streaming" else None
+    started = time.time()
+    check_output(args.output)
+    start_outputs(args.output)
+    try:
+        release_signals()  # one held back while the command started lands here, where it is handled
+        if args.runtime == "steps":
+            return run_steps(args, started)
+        return run_in_this_process(args)
+    except KeyboardInterrupt:
+        write_interrupted(args)
+        return interrupted_exit_code()
+
+
+def run_in_this_process(args: argparse.Namespace) -> int:
+    from clearml_pipeline.replicas import StreamingOptions
+    from clearml_pipeline.runner import InProcessRuntime, StreamingRuntime
+    from steps.options import from_flags
+
+    config, resolved, items = prepare(args)
+    runtime = (
+        StreamingRuntime(config, from_flags(args, StreamingOptions(), ""))
+        if args.runtime == "streaming"
+        else InProcessRuntime(config)
     )
-    summary = runner.run(items, args.output)
+    summary = runtime.run(items, args.output)
+    summary["registry"] = resolved
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     print_summary(summary, args.output)
     if summary.get("interrupted"):
-        return EXIT_INTERRUPTED
+        return exit_interrupted(summary)
     return EXIT_OK if summary["counts"]["error"] == 0 else EXIT_ITEMS_FAILED
 
 
-def bench(args: argparse.Namespace) -> int:
-    from clearml_pipeline.bench import BenchOptions, format_table, run_bench, track
-    from clearml_pipeline.streaming import StreamingOptions
+def write_interrupted(args: argparse.Namespace, rows: list[Any] | None = None) -> None:
+    """The last resort after an interrupt outside a runtime's own handling: every input's row in
+    OUT/results.jsonl, kept where it is already there, `interrupted` where not."""
+    from clearml_pipeline.config import config_from_flags
+    from clearml_pipeline.execution import RESULTS, complete_results
+    from steps.results import ItemResult
 
-    config, items = prepare(args)
-    options = section_from_args(args, BenchOptions(), "")
-    report = run_bench(config, section_from_args(args, StreamingOptions(), ""), options, items, args.output)
-    args.output.mkdir(parents=True, exist_ok=True)
+    if rows is None:
+        limit = config_from_flags(args).runner.limit
+        if args.runtime == "steps" and args.command == "run":
+            from clearml_pipeline.step_work import dataset_rows
+
+            rows = dataset_rows(steps_dataset(args), limit, local=True)
+        else:
+            rows = [ItemResult(item.id, str(item.path)) for item in list_inputs(args, limit)]
+    rows = complete_results(args.output / RESULTS, rows, "run interrupted before this item finished")
+    if not (args.output / "summary.json").is_file():
+        from clearml_pipeline.results import summarize
+
+        summary = summarize(rows, [], {}, 0.0, config_from_flags(args).to_dict(), "not recorded")
+        summary["interrupted"] = True
+        (args.output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"interrupted: {sum(r.ok for r in rows)} of {len(rows)} item(s) done; every row in "
+          f"{args.output / RESULTS}", file=sys.stderr)
+
+
+def bench(args: argparse.Namespace) -> int:
+    from clearml_pipeline.bench import BenchOptions, expand, format_table, run_bench, track
+    from clearml_pipeline.execution import start_outputs
+    from clearml_pipeline.replicas import StreamingOptions
+    from steps.options import from_flags
+
+    check_output(args.output)
+    start_outputs(args.output)
+    options = from_flags(args, BenchOptions(), "")
+    config, _, items = prepare(args)
+    try:
+        release_signals()
+        report = run_bench(config, from_flags(args, StreamingOptions(), ""), options, items, args.output)
+    except KeyboardInterrupt:  # no figures from a measurement cut short; every request still has its row
+        write_interrupted(args, expand(items, options.requests))
+        return interrupted_exit_code()
     bench_json = args.output / "bench.json"
     bench_json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     report["clearml_session"] = track(report, args.output, options.tracking)
@@ -179,11 +280,14 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from registry.hub import ModelUnavailableError
+    from clearml_pipeline.logs import quiet_libraries
+    from resources.weights import ModelUnavailableError
 
     quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
+        if not (args.command == "bench" or (args.command == "run" and args.local)):
+            release_signals()  # `run --local` and `bench` release them once they can write every row
         if args.command == "bench":
             return bench(args)
         if args.command == "evaluate":
@@ -201,11 +305,22 @@ def main(argv: list[str] | None = None) -> int:
         return run_local(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted_exit_code()
     except (ModelUnavailableError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETUP_FAILED
 
 
+def program() -> int:
+    """The command: SIGTERM handled as Ctrl-C (clearml_pipeline.interrupts) before anything heavy is imported."""
+    handle_signals()
+    hold_signals()
+    try:
+        return main()
+    except KeyboardInterrupt:  # one that landed outside main's own handling (while importing)
+        print("interrupted", file=sys.stderr)
+        return interrupted_exit_code()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program())

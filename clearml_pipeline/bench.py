@@ -14,35 +14,31 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clearml_pipeline.config import RunConfig
-from clearml_pipeline.results import ItemResult, percentiles, versions
-from clearml_pipeline.runner import InputItem
-from clearml_pipeline.stages import STAGES, StageSpec, StepContext, build_stage, finish
-from clearml_pipeline.streaming import (
-    StreamingOptions,
-    StreamingRunner,
-    available_cores,
-    is_gpu_stage,
-    plan,
-    warm_up,
-)
-
-SEED_BASELINE = {"speech_translation": 1.29, "machine_translation": 9.65, "speech_synthesis": 0.32}
+from clearml_pipeline.execution import ResultsSink, run_groups
+from clearml_pipeline.figures import percentiles
+from clearml_pipeline.inputs import InputItem
+from clearml_pipeline.replicas import StreamingOptions, available_cores, is_gpu_stage, plan
+from clearml_pipeline.results import versions
+from clearml_pipeline.streaming import StreamingRunner, warm_up
+from steps.options import option
+from steps.results import ItemResult, write_rows
+from steps.stages import STAGES, StageSpec, StepContext, build_stage
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchOptions:
-    requests: int = 24
-    rate: float = 0.0  # open-loop arrivals per second; 0: closed loop (every request queued at the start)
-    # items per stage for the standalone rates; 0: every request (short samples gave rates 40% off run to run)
-    standalone_items: int = 0
-    tracking: str = "offline"  # ClearML task: offline (session under OUT/clearml), server, or none
+    requests: int = option(24, "requests sent, cycling over the inputs")
+    rate: float = option(0.0, "open-loop arrivals per second; 0: closed loop (every request queued at the start)")
+    # Short samples gave standalone rates 40% off from run to run.
+    standalone_items: int = option(0, "items per stage for the standalone rates; 0: every request")
+    tracking: str = option("offline", "the bench's ClearML task: offline (session under OUT/clearml), server, none")
 
 
 @dataclass
@@ -57,43 +53,41 @@ def expand(items: list[InputItem], n: int) -> list[ItemResult]:
     rows = []
     for k in range(n):
         item = items[k % len(items)]
-        rows.append(ItemResult(f"{item.id}#{k // len(items)}" if k >= len(items) else item.id, str(item.path)))
+        rows.append(ItemResult(f"{item.id}-r{k // len(items)}" if k >= len(items) else item.id, str(item.path)))
     return rows
-
-
-TAIL = (50, 95, 99)  # latency percentiles the bench reports
 
 
 def sequential(config: RunConfig, rows: list[ItemResult], ctx: StepContext) -> tuple[list[ItemResult], float]:
     """The seed-style baseline: batch 1, one item at a time through all stages, in this process."""
-    stages = {}
+    built = []
     for spec in STAGES:
-        options = replace(config.stage_options(spec))
-        if hasattr(options, "batch_size"):
-            options.batch_size = 1
-        stages[spec.name] = build_stage(spec, options)
-        stages[spec.name].ensure_ready()
+        options = config.stage_options(spec)
+        batch_one = {"batch_size": 1} if "batch_size" in {f.name for f in fields(options)} else {}
+        built.append((spec, build_stage(spec, config.updated({spec.name: batch_one}).stage_options(spec))))
+        built[-1][1].ensure_ready()
     ctx.out.mkdir(parents=True, exist_ok=True)
-    for spec in STAGES:
-        warm_up(stages[spec.name], spec, ctx, worker_id=0)
+    for spec, stage in built:
+        warm_up(stage, spec, ctx, worker_id=0)
     start = time.monotonic()
-    for row in rows:
-        for spec in STAGES:
-            spec.step(stages[spec.name], [row], ctx)
-        finish(row)
+    with ResultsSink(ctx.out / "results.jsonl") as sink:
+        if run_groups(built, rows, ctx, sink, group_size=1):
+            raise KeyboardInterrupt  # a bench interrupted measures nothing; its caller writes the rows
     return rows, time.monotonic() - start
 
 
 def stage_inputs(spec: StageSpec, done: list[ItemResult]) -> list[ItemResult]:
-    """Rows that reach `spec` in a normal run, reset to what they held when they arrived there."""
+    """Rows that got to `spec` in the baseline and that it took, reset to what they held when they arrived:
+    without what this stage and the ones after it wrote, and without latencies."""
+    later = STAGES[STAGES.index(spec) :]
+    cleared = {name for s in later for name in s.writes}
+    blank = ItemResult("", "")
     fresh = []
     for row in done:
-        if spec.name == "speech_translation":
-            fresh.append(ItemResult(row.id, row.source))
-        elif row.ok and not row.no_speech and row.en_text and (spec.name == "machine_translation" or row.zh_text):
-            copy_row = ItemResult(row.id, row.source, en_text=row.en_text, audio_seconds=row.audio_seconds)
-            copy_row.zh_text = row.zh_text if spec.name == "speech_synthesis" else None
-            fresh.append(copy_row)
+        if spec.name not in row.latency_s:
+            continue
+        kept = {f.name: getattr(row, f.name) for f in fields(row) if f.name not in cleared}
+        fresh.append(ItemResult(**{**kept, **{name: getattr(blank, name) for name in cleared},
+                                   "status": "ok", "error": None, "stage": None, "latency_s": {}}))
     return fresh
 
 
@@ -106,6 +100,8 @@ def standalone(
         runner.run(rows)
     finally:
         runner.close()
+    if runner.stats.interrupted:
+        raise KeyboardInterrupt
     n = max(len(rows), 1)
     return StageRate(len(rows) / runner.stats.wall_s, runner.stats.cpu_s.get(spec.name, 0.0) / n, threads)
 
@@ -144,7 +140,7 @@ def run_bench(
             for spec in STAGES
         }
 
-    replicas, threads = plan(sopts, gpu, cores, probe)
+    replicas, threads, why = plan(sopts, gpu, cores, probe)
     rates = {
         spec.name: standalone(config, sopts, ctx, spec, stage_inputs(spec, sample), threads[spec.name])
         for spec in STAGES
@@ -154,9 +150,13 @@ def run_bench(
         cold_start = runner.start()
         rows = expand(items, bopts.requests)
         arrivals = [k / bopts.rate for k in range(len(rows))] if bopts.rate > 0 else None
-        rows = runner.run(rows, arrivals)
+        with ResultsSink(out / "results.jsonl") as sink:  # every request's row, as in `run`
+            rows = runner.run(rows, arrivals, sink=sink)
     finally:
         runner.close()
+    write_rows(out / "results.jsonl", rows)  # in request order
+    if runner.stats.interrupted:
+        raise KeyboardInterrupt
     stream_rate = len(rows) / runner.stats.wall_s
 
     capacity = {name: rate.items_per_s * replicas[name] for name, rate in rates.items()}
@@ -176,22 +176,21 @@ def run_bench(
         "errors": sum(not r.ok for r in rows),
         "open_loop_rate": bopts.rate or None,
         "replicas": replicas,
+        "replicas_chosen_by": why,
         "threads": threads,
-        "end_to_end_latency_s": percentiles(
-            [r.latency_s["end_to_end"] for r in rows if "end_to_end" in r.latency_s], TAIL
-        ),
-        "baseline_latency_s": percentiles([r.latency_s["total"] for r in baseline_rows], TAIL),
+        "end_to_end_latency_s": percentiles([r.latency_s["end_to_end"] for r in rows if "end_to_end" in r.latency_s]),
+        "baseline_latency_s": percentiles([r.latency_s["total"] for r in baseline_rows]),
         "stages": {
             spec.name: {
                 "standalone_items_per_s": rates[spec.name].items_per_s,
                 "cpu_s_per_item": rates[spec.name].cpu_s_per_item,
                 "capacity_items_per_s": capacity[spec.name],
                 "device": "gpu" if gpu[spec.name] else "cpu",
-                "latency_s": percentiles([r.latency_s[spec.name] for r in rows if spec.name in r.latency_s], TAIL),
-                "queue_wait_s": percentiles(runner.stats.queue_wait_s.get(spec.name, []), TAIL),
+                "latency_s": percentiles([r.latency_s[spec.name] for r in rows if spec.name in r.latency_s]),
+                "queue_wait_s": percentiles(runner.stats.queue_wait_s.get(spec.name, [])),
                 "mean_batch": float(np.mean(runner.stats.batch_sizes.get(spec.name, [0]))),
                 "baseline_items_per_s": _baseline_stage_rate(baseline_rows, spec.name),
-                "seed_items_per_s": SEED_BASELINE[spec.name],
+                "seed_items_per_s": spec.seed_items_per_s,
             }
             for spec in STAGES
         },
@@ -251,7 +250,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:<20} {s['standalone_items_per_s']:>8.2f} {report['replicas'][name]:>6} "
             f"{s['capacity_items_per_s']:>7.2f} {s['cpu_s_per_item']:>8.3f} {_f(lat['p50'])} {_f(lat['p95'], 7)} "
-            f"{_f(lat['p99'], 7)} {_f(wait['p50'], 9)} {s['mean_batch']:>5.1f} {s['seed_items_per_s']:>6.2f}"
+            f"{_f(lat['p99'], 7)} {_f(wait['p50'], 9)} {s['mean_batch']:>5.1f} {_f(s['seed_items_per_s'], 6, 2)}"
         )
     e2e = report["end_to_end_latency_s"]
     lines += [
@@ -265,5 +264,5 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _f(value: float | None, width: int = 8) -> str:
-    return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
+def _f(value: float | None, width: int = 8, digits: int = 3) -> str:
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"

@@ -14,49 +14,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clearml_pipeline.config import PipelineConfig
 from clearml_pipeline.pipeline import (
     PIPELINE_NAME,
     PIPELINE_VERSION,
     PROJECT,
     STEP_SCRIPT,
     Node,
-    PipelineConfig,
     parameters,
     parse_shards,
+    pipeline_parameters,
     plan,
 )
+from steps.options import option
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Pipeline parameter -> the step parameter it sets ("section/field") in every step that has that section.
-PIPELINE_PARAMETERS: dict[str, str] = {
-    "limit": "runner/limit",
-    "batch_size": "runner/batch_size",
-    "models": "runner/models",
-    "st_model": "speech_translation/model",
-    "st_backend": "speech_translation/backend",
-    "st_batch_size": "speech_translation/batch_size",
-    "mt_model": "machine_translation/model",
-    "mt_backend": "machine_translation/backend",
-    "mt_num_beams": "machine_translation/num_beams",
-    "tts_model": "speech_synthesis/model",
-    "tts_vocoder": "speech_synthesis/vocoder",
-    "asr_model": "evaluation/asr_model",
-}
-
-
-@dataclass
+@dataclass(frozen=True)
 class RemoteOptions:
-    dataset: str = ""  # ClearML Dataset id (from `python -m data_prep ingest --clearml`)
-    project: str = PROJECT
-    gpu_queue: str = "gpu"
-    cpu_queue: str = "cpu"
-    services_queue: str = "services"  # where the controller itself runs
-    step_retries: int = 2  # a failed step is relaunched in place and resumes from its checkpoint
-    cache_steps: bool = True  # reuse a step's earlier task when its code and inputs are unchanged
-    run_steps_locally: bool = False  # controller here, steps as local processes (debugging; still on the server)
-    shards: str = "1:1:1"  # tasks per stage (st:mt:tts), each on its own agent; e.g. 1:1:4 for four TTS machines
-    poll_seconds: float = 5.0
+    dataset: str = option("", "ClearML Dataset id (from `python -m data_prep ingest --clearml`)")
+    project: str = option(PROJECT, "ClearML project of the pipeline and its step tasks")
+    gpu_queue: str = option("gpu", "agent queue for the GPU steps (speech and machine translation, evaluation)")
+    cpu_queue: str = option("cpu", "agent queue for the CPU steps (ingestion, speech synthesis)")
+    services_queue: str = option("services", "where the controller itself runs (an agent in --services-mode)")
+    step_retries: int = option(2, "a failed step is relaunched in place and resumes from its checkpoint")
+    cache_steps: bool = option(True, "reuse a step's earlier task when its code and inputs are unchanged")
+    run_steps_locally: bool = option(
+        False, "controller here, steps as local processes (ClearML's debugging mode; still on the server)"
+    )
+    shards: str = option("1:1:1", "tasks per stage (st:mt:tts), each on its own agent; e.g. 1:1:4 for four TTS")
+    poll_seconds: float = option(5.0, "how often the controller checks its steps")
 
 
 def step_overrides(node: Node, config: PipelineConfig) -> dict[str, Any]:
@@ -68,7 +55,7 @@ def step_overrides(node: Node, config: PipelineConfig) -> dict[str, Any]:
     overrides["step/shard"] = node.shard_spec
     if node.parents:
         overrides["step/input"] = ",".join("${%s.id}" % parent for parent in node.parents)  # noqa: UP031
-    for param, key in PIPELINE_PARAMETERS.items():
+    for param, key in pipeline_parameters(config).items():
         if key in overrides:
             overrides[key] = "${pipeline.%s}" % param  # noqa: UP031
     return overrides
@@ -77,7 +64,7 @@ def step_overrides(node: Node, config: PipelineConfig) -> dict[str, Any]:
 def pipeline_defaults(config: PipelineConfig, options: RemoteOptions) -> dict[str, Any]:
     defaults: dict[str, Any] = {"dataset": options.dataset}
     flat = {f"{s}/{k}": v for s, values in config.to_dict().items() for k, v in values.items()}
-    defaults.update({param: flat[key] for param, key in PIPELINE_PARAMETERS.items()})
+    defaults.update({param: flat[key] for param, key in pipeline_parameters(config).items()})
     defaults.update(gpu_queue=options.gpu_queue, cpu_queue=options.cpu_queue)
     return defaults
 
@@ -142,7 +129,7 @@ def check_repository() -> None:
 
 def launch(config: PipelineConfig, options: RemoteOptions) -> str:
     """Start the pipeline (enqueued for agents, or here with local steps); returns the controller task id."""
-    from clearml_pipeline.server import check_server
+    from resources.clearml_server import check_server
 
     if not options.dataset:
         raise ValueError(

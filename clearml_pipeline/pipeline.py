@@ -9,13 +9,12 @@ so the UI shows `speech_translation/model`, `machine_translation/num_beams`, ...
 
 from __future__ import annotations
 
-import types
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, fields
+from typing import Any
 
-from clearml_pipeline.config import RunConfig
-from clearml_pipeline.evaluation import EvaluationOptions
-from clearml_pipeline.stages import MACHINE_TRANSLATION, SPEECH_SYNTHESIS, SPEECH_TRANSLATION, StageSpec
+from clearml_pipeline.config import PipelineConfig, flag_prefix
+from steps.options import option, to_params
+from steps.stages import STAGES, StageSpec
 
 PROJECT = "s2st"
 PIPELINE_NAME = "spanish-to-mandarin"
@@ -23,17 +22,17 @@ PIPELINE_VERSION = "1.0.0"  # bump when the steps or their contract change: Clea
 STEP_SCRIPT = "clearml_pipeline/step_task.py"
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepIO:
     """The `step` parameter section: what a step reads and where it writes."""
 
-    name: str = ""
-    dataset: str = ""  # a local dataset folder (or folder of audio), or a ClearML Dataset id
-    input: str = ""  # the previous step's output: a local folder or ClearML task id (comma-separated when sharded)
-    shard: str = ""  # "k/N": this task processes the items whose index % N == k (a stage fanned out to N tasks)
-    output: str = ""  # where this step writes; "" on an agent: a fresh temporary folder
-    audio_samples: int = 8  # output clips reported as playable debug samples
-    checkpoint_every: int = 4  # batches between checkpoints of partial results (a retried task resumes from them)
+    name: str = option("", "the pipeline step this task runs: ingest, a stage's name, or evaluation")
+    dataset: str = option("", "a local dataset folder (or folder of audio), or a ClearML Dataset id")
+    input: str = option("", "the previous step's output: a local folder or task id (comma-separated when sharded)")
+    shard: str = option("", "k/N: this task processes the items whose index % N == k (a stage fanned out)")
+    output: str = option("", "where this step writes; empty on an agent: a fresh temporary folder")
+    audio_samples: int = option(8, "output clips reported as playable debug samples")
+    checkpoint_every: int = option(4, "groups between checkpoints of partial results (a retried task resumes)")
 
 
 @dataclass(frozen=True)
@@ -46,25 +45,35 @@ class PipelineStep:
     stage: StageSpec | None = None
 
 
-PIPELINE: tuple[PipelineStep, ...] = (
-    PipelineStep("ingest", "data_processing", "cpu", (), ("runner",)),
-    PipelineStep(
-        "speech_translation", "inference", SPEECH_TRANSLATION.queue, ("ingest",), ("runner", "speech_translation"),
-        SPEECH_TRANSLATION,
-    ),
-    PipelineStep(
-        "machine_translation", "inference", MACHINE_TRANSLATION.queue, ("speech_translation",),
-        ("runner", "machine_translation"), MACHINE_TRANSLATION,
-    ),
-    PipelineStep(
-        "speech_synthesis", "inference", SPEECH_SYNTHESIS.queue, ("machine_translation",),
-        ("runner", "speech_synthesis"), SPEECH_SYNTHESIS,
-    ),
-    # Intelligibility re-transcribes the synthesized audio with Whisper: a GPU job.
-    PipelineStep("evaluation", "qc", "gpu", ("speech_synthesis",), ("runner", "evaluation")),
-)
-STEPS = {step.name: step for step in PIPELINE}
-STAGE_STEPS = tuple(step.name for step in PIPELINE if step.stage is not None)
+INGEST = PipelineStep("ingest", "data_processing", "cpu", (), ("runner",))
+# Intelligibility re-transcribes the synthesized audio with Whisper: a GPU job.
+EVALUATION = PipelineStep("evaluation", "qc", "gpu", (), ("runner", "evaluation"))
+
+
+def pipeline() -> tuple[PipelineStep, ...]:
+    """ingest -> every stage of steps.stages.STAGES in order -> evaluation, each step the parent of the next."""
+    steps = [INGEST, *(PipelineStep(s.name, s.task_type, s.queue, (), ("runner", s.name), s) for s in STAGES)]
+    steps.append(EVALUATION)
+    return tuple(
+        PipelineStep(step.name, step.task_type, step.queue, (steps[i - 1].name,) if i else (), step.sections,
+                     step.stage)
+        for i, step in enumerate(steps)
+    )
+
+
+def step(name: str) -> PipelineStep:
+    for candidate in pipeline():
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)
+
+
+def step_names() -> tuple[str, ...]:
+    return tuple(candidate.name for candidate in pipeline())
+
+
+def stage_steps() -> tuple[str, ...]:
+    return tuple(spec.name for spec in STAGES)
 
 
 @dataclass(frozen=True)
@@ -88,75 +97,44 @@ def parse_shards(text: str) -> dict[str, int]:
         counts = [int(part) for part in text.split(":")]
     except ValueError:
         counts = []
-    if len(counts) != len(STAGE_STEPS) or min(counts) < 1:
-        raise ValueError(f"--shards takes {len(STAGE_STEPS)} positive counts like 1:1:2, got {text!r}")
-    return dict(zip(STAGE_STEPS, counts, strict=True))
+    names = stage_steps()
+    if len(counts) != len(names) or min(counts) < 1:
+        example = ":".join(["1"] * (len(names) - 1) + ["2"])
+        raise ValueError(
+            f"--shards takes {len(names)} positive counts like {example} ({', '.join(names)}), got {text!r}"
+        )
+    return dict(zip(names, counts, strict=True))
 
 
 def plan(shards: dict[str, int] | None = None) -> list[Node]:
     """The run's tasks in execution order; every shard of a step depends on every shard of the step before."""
     nodes: list[Node] = []
     previous: tuple[str, ...] = ()
-    for step in PIPELINE:
-        count = (shards or {}).get(step.name, 1)
-        names = tuple(f"{step.name}_shard{k}" if count > 1 else step.name for k in range(count))
-        nodes.extend(Node(name, step, k, count, previous) for k, name in enumerate(names))
+    for each in pipeline():
+        count = (shards or {}).get(each.name, 1)
+        names = tuple(f"{each.name}_shard{k}" if count > 1 else each.name for k in range(count))
+        nodes.extend(Node(name, each, k, count, previous) for k, name in enumerate(names))
         previous = names
     return nodes
 
 
-@dataclass
-class PipelineConfig:
-    """Everything a pipeline run is parameterized by: the run config plus evaluation options."""
-
-    run: RunConfig = field(default_factory=RunConfig)
-    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
-
-    def section(self, name: str) -> Any:
-        return self.evaluation if name == "evaluation" else getattr(self.run, name)
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return self.run.to_dict() | {"evaluation": asdict(self.evaluation)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
-        config = cls()
-        for name, values in data.items():
-            if name != "shards":  # pipeline.json also records the topology, which is not a step section
-                fill(config.section(name), values)
-        return config
-
-
-def fill(options: Any, values: dict[str, Any]) -> Any:
-    """Set dataclass fields from a dict whose values may be strings (as ClearML returns parameters)."""
-    hints = get_type_hints(type(options))
-    for f in fields(options):
-        if f.name in values:
-            setattr(options, f.name, coerce(values[f.name], hints[f.name]))
-    return options
-
-
-def coerce(value: Any, hint: Any) -> Any:
-    optional = False
-    if get_origin(hint) in (Union, types.UnionType):
-        optional = type(None) in get_args(hint)
-        hint = next(a for a in get_args(hint) if a is not type(None))
-    if isinstance(value, str):
-        if optional and value.strip() in ("", "None"):
-            return None
-        if hint is bool:
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        if hint in (int, float):
-            return hint(value)
-    if value is None and not optional:
-        raise ValueError(f"a value of type {hint.__name__} is required, got None")
-    return hint(value) if hint in (int, float, str) and value is not None else value
-
-
 def parameters(step: PipelineStep, config: PipelineConfig) -> dict[str, Any]:
     """The step's parameters as ClearML names them ("section/key"), with `config`'s values."""
-    params: dict[str, Any] = {}
-    for section in step.sections:
-        for key, value in asdict(config.section(section)).items():
-            params[f"{section}/{key}"] = "" if value is None else value
-    return params
+    return {
+        f"{section}/{key}": value
+        for section in step.sections
+        for key, value in to_params(config.section(section)).items()
+    }
+
+
+def pipeline_parameters(config: PipelineConfig) -> dict[str, str]:
+    """Pipeline parameter -> the step parameter it sets ("section/field"): the fields marked `pipeline=True`,
+    named like their flags (st_model, mt_num_beams, limit ...). These are what the web UI's "new run" dialog
+    edits; every other option is fixed per step and can still be edited on the step task."""
+    found = {}
+    for section, options in config.sections().items():
+        prefix = flag_prefix(section).replace("-", "_") if section in {s.name for s in STAGES} else ""
+        for f in fields(options):
+            if f.metadata.get("pipeline"):
+                found[f"{prefix}{f.name}"] = f"{section}/{f.name}"
+    return found

@@ -9,10 +9,12 @@ its parameters unchanged (the UI's "clone and run"), and the new task id is prin
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from clearml_pipeline.pipeline import PipelineConfig
+from clearml_pipeline.config import PipelineConfig
+from steps.stages import STAGES
 
 # (metrics.json path, label) for the side-by-side table: quality, speed, counts.
 COMPARED = (
@@ -20,6 +22,12 @@ COMPARED = (
     ("translation.chrf", "chrF"),
     ("intelligibility.cer", "CER"),
     ("spanish_wer.wer", "Spanish WER"),
+    ("quality.zh_bleu", "zh BLEU (char)"),
+    ("quality.zh_chrf", "zh chrF"),
+    ("quality.asr_bleu", "ASR-BLEU (char)"),
+    ("quality.asr_chrf", "ASR-chrF"),
+    ("quality.en_bleu", "en BLEU"),
+    ("quality.en_chrf", "en chrF"),
     ("latency_s.total.p50", "latency p50 (s)"),
     ("latency_s.total.p90", "latency p90 (s)"),
     ("latency_s.total.p99", "latency p99 (s)"),
@@ -28,11 +36,17 @@ COMPARED = (
     ("counts.ok", "items ok"),
     ("counts.error", "items error"),
 )
-ROLE_FIELDS = {  # ModelInfo.role -> (config section, model field, revision field)
-    "speech_translation": ("speech_translation", "model", "revision"),
-    "machine_translation": ("machine_translation", "model", "revision"),
-    "speech_synthesis": ("speech_synthesis", "model", "revision"),
-}
+
+
+def role_fields() -> dict[str, tuple[str, str, str]]:
+    """ModelInfo.role -> (config section, model field, revision field): every stage model that can be pinned."""
+    found = {}
+    for spec in STAGES:
+        by_name = {f.name: f for f in fields(spec.options)}
+        for role, name in spec.models.items():
+            if revision := by_name[name].metadata.get("revision"):
+                found[role] = (spec.name, name, revision)
+    return found
 
 
 def pinned_config(old: Path) -> tuple[PipelineConfig, Path, dict[str, int]]:
@@ -45,15 +59,17 @@ def pinned_config(old: Path) -> tuple[PipelineConfig, Path, dict[str, int]]:
     recorded_config = json.loads((old / "pipeline.json").read_text(encoding="utf-8"))
     config = PipelineConfig.from_dict(recorded_config)
     summary = json.loads((old / "summary.json").read_text(encoding="utf-8"))
+    pins: dict[str, dict[str, Any]] = {}
+    roles = role_fields()
     for model in summary.get("models", []):
-        if model["role"] in ROLE_FIELDS and model["revision"] not in ("local", ""):
-            section, name, revision = ROLE_FIELDS[model["role"]]
-            options = config.section(section)
-            if getattr(options, name) == model["model_id"]:
-                setattr(options, revision, model["revision"])
+        if model["role"] in roles and model["revision"] not in ("local", ""):
+            section, name, revision = roles[model["role"]]
+            if getattr(config.section(section), name) == model["model_id"]:
+                pins.setdefault(section, {})[revision] = model["revision"]
     for key, resolved in (summary.get("registry") or {}).items():
         section, name = key.split(".")
-        setattr(config.section(section), name, f"registry:{resolved['id']}")
+        pins.setdefault(section, {})[name] = f"registry:{resolved['id']}"
+    config = config.updated(pins)
     dataset = summary.get("dataset") or {}
     folder = Path(dataset.get("ref", ""))
     if not folder.is_dir():
@@ -93,10 +109,10 @@ def reproduce(run: str, output: Path) -> int:
     if not old.is_dir():
         return reproduce_remote(run)
     from clearml_pipeline.local_pipeline import run_locally
-    from registry.model_sets import apply_model_set
+    from registry.model_sets import model_caches
 
     config, dataset, shards = pinned_config(old)
-    apply_model_set(config.run, config.evaluation)
+    config = config.updated(model_caches(config.run.runner.models, config.sections()))
     run_locally(config, dataset, output, shards)
     before = json.loads((old / "metrics.json").read_text(encoding="utf-8")) if (old / "metrics.json").is_file() else {}
     now = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
@@ -108,7 +124,7 @@ def reproduce_remote(task_id: str) -> int:
     """Clone the pipeline task (parameters, dataset id and model refs included) and enqueue the clone."""
     from clearml import Task
 
-    from clearml_pipeline.server import check_server
+    from resources.clearml_server import check_server
 
     check_server()
     original = Task.get_task(task_id=task_id)

@@ -1,22 +1,20 @@
-"""The output contract: one results.jsonl row per input item, in input order, and summary.json.
+"""summary.json, the run-level half of the output contract (steps.results holds the rows).
 
-Later steps (ClearML tasks, evaluation, benchmarks) read these files, so their field names are stable.
+Later steps (ClearML tasks, evaluation, benchmarks) read it, so its field names are stable.
 """
 
 from __future__ import annotations
 
-import json
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from clearml_pipeline.figures import percentiles, stage_figures
 from steps.base import ModelInfo
+from steps.results import ItemResult
+from steps.stages import stage_names
 
-STAGE_NAMES = ("input", "speech_translation", "machine_translation", "speech_synthesis")
 VERSIONED_PACKAGES = (
     "torch",
     "transformers",
@@ -29,42 +27,6 @@ VERSIONED_PACKAGES = (
     "soxr",
     "ctranslate2",
 )
-
-
-@dataclass
-class ItemResult:
-    id: str
-    source: str
-    status: str = "ok"  # "ok" or "error"
-    error: str | None = None
-    stage: str | None = None  # where it failed
-    audio_seconds: float | None = None
-    no_speech: bool = False
-    en_text: str | None = None
-    zh_text: str | None = None
-    zh_audio: str | None = None  # relative to the output folder
-    zh_audio_seconds: float | None = None
-    unsayable: list[str] = field(default_factory=list)
-    latency_s: dict[str, float] = field(default_factory=dict)
-
-    def fail(self, stage: str, error: str) -> None:
-        self.status, self.stage, self.error = "error", stage, error
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def percentiles(values: list[float], quantiles: tuple[int, ...] = (50, 95)) -> dict[str, float | None]:
-    return {f"p{q}": float(np.percentile(values, q)) if values else None for q in quantiles}
 
 
 def versions() -> dict[str, str]:
@@ -86,17 +48,7 @@ def summarize(
     device: str,
 ) -> dict[str, Any]:
     """summary.json: counts, models, per-stage throughput and latency, wall time, versions."""
-    stages: dict[str, Any] = {}
-    for name in STAGE_NAMES:
-        latencies = [r.latency_s[name] for r in rows if name in r.latency_s]
-        busy = stage_busy_s.get(name, 0.0)
-        stages[name] = {
-            "items": len(latencies),
-            "errors": sum(1 for r in rows if r.stage == name),
-            "busy_s": busy,
-            "items_per_s": len(latencies) / busy if busy > 0 else None,
-            "latency_s": percentiles(latencies),
-        }
+    stages = {name: stage_figures(rows, name, stage_busy_s.get(name, 0.0)) for name in stage_names()}
     audio_seconds = sum(r.audio_seconds or 0.0 for r in rows)
     return {
         "counts": {
@@ -119,3 +71,11 @@ def summarize(
         "versions": versions(),
         "config": config,
     }
+
+
+def run_device(config: Any) -> str:
+    """The device a run reports: that of its first stage with a device option (Whisper's, the GPU stage)."""
+    from steps.device import pick_device
+
+    device = next((options.device for options in config.stages.values() if hasattr(options, "device")), "cpu")
+    return pick_device(device)

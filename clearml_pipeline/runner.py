@@ -1,180 +1,193 @@
-"""Run the three stages over a folder of audio on this machine and write the output contract.
+"""The pipeline on this machine in one run: the in-process runtime and the streaming runtime.
 
-Items travel in groups of `batch_size` through speech translation, machine translation and speech synthesis;
-each group's rows are appended to results.jsonl as soon as it is done, so a long run keeps what it finished.
+Why two: in-process is the simplest thing that works (one process, every model loaded once, items in groups
+of `--batch-size` through all stages), the reference the others are checked against; streaming runs each stage
+in its own worker processes so the stages overlap and the cores are shared, for throughput. Both write
+results.jsonl row by row as they finish (a crash keeps the finished ones), rewrite it in input order at the
+end, and return the summary; both load every model before the first item. Interrupted at any point (a signal
+while the models load, the workers warm up or rows run), both still write a row for every item.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from clearml_pipeline.config import RunConfig
-from clearml_pipeline.results import ItemResult, summarize
-from clearml_pipeline.stages import STAGES, StepContext, build_stage, finish
-from clearml_pipeline.streaming import StreamingOptions, StreamingRunner, available_cores, is_gpu_stage, plan
-from steps.audio import AUDIO_EXTENSIONS
+from clearml_pipeline.execution import (
+    RESULTS,
+    ResultsSink,
+    busy_seconds,
+    mark_interrupted,
+    run_groups,
+    start_outputs,
+)
+from clearml_pipeline.inputs import InputItem
+from clearml_pipeline.replicas import StreamingOptions, available_cores, is_gpu_stage, plan
+from clearml_pipeline.results import run_device, summarize
+from clearml_pipeline.streaming import StreamingRunner, WorkerStartError
 from steps.base import ModelInfo, Stage
+from steps.results import ItemResult, write_rows
+from steps.stages import STAGES, StepContext, build_stage
 
 CALIBRATION_ITEMS = 4  # items that measure stage costs for `--replicas auto`
+LOADING = "run interrupted while the models were loading, before this item started"
+NOT_SENT = "run interrupted before this item was sent to a worker (while workers loaded their models and warmed up)"
 
 
-@dataclass(frozen=True)
-class InputItem:
-    id: str
-    path: Path
+def build_stages(config: RunConfig) -> dict[str, Stage[Any, Any]]:
+    """Every stage built and loaded before the first item, so a missing model fails the run at once."""
+    import torch
+
+    if config.runner.threads > 0:
+        torch.set_num_threads(config.runner.threads)
+    stages = {spec.name: build_stage(spec, config.stage_options(spec)) for spec in STAGES}
+    for stage in stages.values():
+        stage.ensure_ready()
+    return stages
 
 
-def discover_inputs(source: Path) -> list[InputItem]:
-    """Audio files under `source` (or `source` itself), sorted, each with a unique, filesystem-safe id."""
-    if source.is_file():
-        paths, root = [source], source.parent
-    elif source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-        root = source
-    else:
-        raise FileNotFoundError(f"input {source} does not exist")
-    items: list[InputItem] = []
-    seen: set[str] = set()
-    for path in paths:
-        base = re.sub(r"[^\w.-]+", "_", str(path.relative_to(root).with_suffix("")).replace("/", "__")) or "item"
-        item_id, n = base, 1
-        while item_id in seen:
-            n += 1
-            item_id = f"{base}-{n}"
-        seen.add(item_id)
-        items.append(InputItem(item_id, path))
-    return items
+def _summary(
+    config: RunConfig, rows: list[ItemResult], models: list[ModelInfo], busy: dict[str, float], started: float
+) -> dict[str, Any]:
+    return summarize(rows, models, busy, time.perf_counter() - started, config.to_dict(), run_device(config))
 
 
-def batched(items: Sequence[InputItem], size: int) -> Iterator[Sequence[InputItem]]:
-    for start in range(0, len(items), max(size, 1)):
-        yield items[start : start + max(size, 1)]
+def _rows(items: Sequence[InputItem]) -> list[ItemResult]:
+    return [ItemResult(item.id, str(item.path)) for item in items]
 
 
-class LocalRunner:
-    """The whole pipeline on this machine: in this process (item groups), or in streaming worker processes."""
+class InProcessRuntime:
+    """Every stage in this process; items in groups of `runner.batch_size` through all of them."""
 
-    def __init__(self, config: RunConfig, streaming: StreamingOptions | None = None) -> None:
+    def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.streaming = streaming
-        self.stages: dict[str, Stage[Any, Any]] = {}
-
-    def setup(self) -> None:
-        """Load every model before the first item, so a missing model fails the run at once."""
-        if self.config.runner.threads > 0:
-            torch.set_num_threads(self.config.runner.threads)
-        for spec in STAGES:
-            self.stages[spec.name] = build_stage(spec, self.config.stage_options(spec))
-            self.stages[spec.name].ensure_ready()
-
-    def models(self) -> list[ModelInfo]:
-        return [info for stage in self.stages.values() for info in stage.models()]
 
     def run(self, items: Sequence[InputItem], out: Path) -> dict[str, Any]:
-        out.mkdir(parents=True, exist_ok=True)
+        start_outputs(out)
         started = time.perf_counter()
         ctx = StepContext(out, self.config.runner.max_audio_seconds)
-        models: list[ModelInfo] = []
-        with tqdm(total=len(items), unit="clip", desc="translating") as progress:
-            if self.streaming is None:
-                self.setup()  # every model loads before the first item: a missing one fails the run at once
-                models = self.models()
-                rows, busy = self.run_inprocess(items, ctx, progress.update)
+        rows = _rows(items)
+        stages: dict[str, Stage[Any, Any]] = {}
+        with tqdm(total=len(rows), unit="clip", desc="translating") as bar, ResultsSink(out / RESULTS) as sink:
+            try:
+                stages = build_stages(self.config)
+            except KeyboardInterrupt:
+                mark_interrupted(rows, LOADING)
+                interrupted = True
             else:
-                rows, busy, extra = self.run_streaming(items, ctx, progress.update)
-                models = extra.pop("models")
-        device = _device(self.config)
-        summary = summarize(rows, models, busy, time.perf_counter() - started, self.config.to_dict(), device)
-        if self.streaming is not None:
-            summary["streaming"] = extra
-            summary["interrupted"] = extra["interrupted"]
+                built = [(spec, stages[spec.name]) for spec in STAGES]
+                interrupted = run_groups(built, rows, ctx, sink, self.config.runner.batch_size, bar.update)
+        write_rows(out / RESULTS, rows)  # in input order, each row once, wherever an interrupt landed
+        models = [info for stage in stages.values() for info in stage.models()]
+        summary = _summary(self.config, rows, models, busy_seconds(stages, rows), started)
+        summary["interrupted"] = interrupted
         return summary
 
-    def run_inprocess(
-        self, items: Sequence[InputItem], ctx: StepContext, progress: Callable[[int], object]
-    ) -> tuple[list[ItemResult], dict[str, float]]:
-        rows: list[ItemResult] = []
-        with (ctx.out / "results.jsonl").open("w", encoding="utf-8") as sink:
-            for group in batched(items, self.config.runner.batch_size):
-                group_rows = self.run_group(group, ctx)
-                sink.writelines(row.to_json() + "\n" for row in group_rows)
-                sink.flush()
-                rows.extend(group_rows)
-                progress(len(group))
-        busy = {name: stage.stats.busy_s for name, stage in self.stages.items()}
-        busy["input"] = sum(r.latency_s.get("input", 0.0) for r in rows)
-        return rows, busy
 
-    def run_group(self, group: Sequence[InputItem], ctx: StepContext) -> list[ItemResult]:
-        rows = [ItemResult(item.id, str(item.path)) for item in group]
-        for spec in STAGES:
-            spec.step(self.stages[spec.name], rows, ctx)
-        return [finish(row) for row in rows]
+class StreamingRuntime:
+    """Each stage in its own worker processes (streaming.StreamingRunner), replicas planned or given."""
 
-    def run_streaming(
-        self, items: Sequence[InputItem], ctx: StepContext, progress: Callable[[int], object]
-    ) -> tuple[list[ItemResult], dict[str, float], dict[str, Any]]:
-        assert self.streaming is not None
-        gpu = {spec.name: is_gpu_stage(self.config, spec) for spec in STAGES}
-        pending = [ItemResult(item.id, str(item.path)) for item in items]
-        calibrated: list[ItemResult] = []
+    def __init__(self, config: RunConfig, options: StreamingOptions) -> None:
+        self.config, self.options = config, options
+
+    def run(self, items: Sequence[InputItem], out: Path) -> dict[str, Any]:
+        start_outputs(out)
+        started = time.perf_counter()
+        ctx = StepContext(out, self.config.runner.max_audio_seconds)
         runners: list[StreamingRunner] = []
+        with tqdm(total=len(items), unit="clip", desc="translating") as bar, ResultsSink(out / RESULTS) as sink:
+            rows, planned, interrupted = self._stream(_rows(items), ctx, bar.update, sink, runners)
+        write_rows(out / RESULTS, rows)  # in input order
+        busy = busy_seconds({}, rows)
+        for done in runners:
+            for name, seconds in done.stats.busy_s.items():
+                busy[name] = busy.get(name, 0.0) + seconds
+        last = runners[-1] if runners else None
+        models = [info for spec in STAGES for info in (last.models.get(spec.name, []) if last else [])]
+        summary = _summary(self.config, rows, models, busy, started)
+        summary["streaming"] = planned | {
+            "cold_start_s": last.stats.cold_start_s if last else 0.0,
+            "worker_restarts": sum(done.stats.restarts for done in runners),
+            "interrupted": interrupted,
+        }
+        summary["interrupted"] = interrupted
+        return summary
+
+    def _stream(
+        self,
+        pending: list[ItemResult],
+        ctx: StepContext,
+        progress: Callable[[int], object],
+        sink: ResultsSink,
+        runners: list[StreamingRunner],
+    ) -> tuple[list[ItemResult], dict[str, Any], bool]:
+        """Every row through the workers; returns them in input order, the plan, and whether interrupted.
+
+        An interrupt during a warm-up (no row sent yet) marks the rows not finished; workers that cannot start
+        after some rows finished (the calibration's) fail the rest with the reason, and nothing is lost."""
+        gpu = {spec.name: is_gpu_stage(self.config, spec) for spec in STAGES}
+        calibrated: list[ItemResult] = []
 
         def calibrate() -> dict[str, float]:
             """`--replicas auto`: the first items go through one worker per stage at one thread, which measures
             each stage's CPU-seconds per item; their results are kept (nothing is computed twice)."""
             ones = {spec.name: 1 for spec in STAGES}
-            probe = StreamingRunner(self.config, self.streaming, ctx, ones, ones)  # type: ignore[arg-type]
-            runners.append(probe)
+            probe = self._runner(ctx, ones, ones, runners)
             try:
-                probe.start()
-                calibrated.extend(probe.run(pending[:CALIBRATION_ITEMS], on_progress=progress))
+                calibrated.extend(probe.run(pending[:CALIBRATION_ITEMS], on_progress=progress, sink=sink))
             finally:
                 probe.close()
             reached = {s.name: sum(s.name in r.latency_s for r in calibrated) for s in STAGES}
             return {name: probe.stats.cpu_s.get(name, 0.0) / max(n, 1) for name, n in reached.items()}
 
-        replicas, threads = plan(self.streaming, gpu, available_cores(), calibrate)
-        rest = pending[len(calibrated) :]
-        if rest and runners and runners[0].stats.interrupted:
-            for row in rest:
-                row.fail("interrupted", "run interrupted (Ctrl-C) before this item finished")
-        elif rest:
-            runner = StreamingRunner(self.config, self.streaming, ctx, replicas, threads)
-            runners.append(runner)
-            try:
-                runner.start()
-                rest = runner.run(rest, on_progress=progress)
-            finally:
-                runner.close()
-        rows = calibrated + rest
-        (ctx.out / "results.jsonl").write_text("".join(row.to_json() + "\n" for row in rows), encoding="utf-8")
-        busy = {"input": sum(r.latency_s.get("input", 0.0) for r in rows)}
-        for done in runners:
-            for name, seconds in done.stats.busy_s.items():
-                busy[name] = busy.get(name, 0.0) + seconds
-        last = runners[-1]
-        extra = {
-            "replicas": replicas,
-            "threads": threads,
-            "cold_start_s": last.stats.cold_start_s,
-            "calibration_items": len(calibrated),
-            "worker_restarts": sum(done.stats.restarts for done in runners),
-            "interrupted": any(done.stats.interrupted for done in runners),
-            "models": [info for spec in STAGES for info in last.models.get(spec.name, [])],
-        }
-        return rows, busy, extra
+        replicas = threads = {spec.name: 1 for spec in STAGES}
+        why, interrupted = "", False
+        reason, failed_stage = NOT_SENT, STAGES[0].name
+        results: dict[str, ItemResult] = {}
+        try:
+            replicas, threads, why = plan(self.options, gpu, available_cores(), calibrate)
+            interrupted = any(runner.stats.interrupted for runner in runners)
+            rest = pending[len(calibrated) :]
+            if rest and not interrupted:
+                runner = self._runner(ctx, replicas, threads, runners)
+                try:
+                    results.update((row.id, row) for row in runner.run(rest, on_progress=progress, sink=sink))
+                    interrupted = runner.stats.interrupted
+                finally:
+                    runner.close()
+        except KeyboardInterrupt:  # while workers loaded and warmed up: the rows not finished were never sent
+            interrupted = True
+        except WorkerStartError as exc:
+            if not calibrated:
+                raise  # nothing done: the run could not start (exit 2)
+            reason, failed_stage = str(exc), exc.stage
+        results = {row.id: row for row in calibrated} | results
+        missing = [row for row in pending if row.id not in results]
+        if missing:
+            if interrupted:
+                mark_interrupted(missing, reason)
+            else:  # the workers of the run after the calibration could not start
+                for row in missing:
+                    row.fail(failed_stage, f"not processed: {reason}")
+            sink.append(missing)
+            results.update((row.id, row) for row in missing)
+        planned = {"replicas": replicas, "threads": threads, "replicas_chosen_by": why,
+                   "calibration_items": len(calibrated)}
+        return [results[row.id] for row in pending], planned, interrupted
 
-
-def _device(config: RunConfig) -> str:
-    from steps.device import pick_device
-
-    return pick_device(config.speech_translation.device)
+    def _runner(
+        self, ctx: StepContext, replicas: dict[str, int], threads: dict[str, int], runners: list[StreamingRunner]
+    ) -> StreamingRunner:
+        runner = StreamingRunner(self.config, self.options, ctx, replicas, threads)
+        runners.append(runner)
+        try:
+            runner.start()
+        except BaseException:
+            runner.close()
+            raise
+        return runner

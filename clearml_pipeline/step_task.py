@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file (ClearML agents and local jobs do
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -29,7 +30,8 @@ import tempfile
 from dataclasses import asdict
 from typing import Any
 
-EXIT_OK, EXIT_SETUP_FAILED, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_SETUP_FAILED = 0, 2
+PARENT_ENV = "S2ST_PARENT_PID"  # set by the local runner: a step process dies with it (SIGTERM, handled)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,19 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def connect_section(task: Any, options: Any, name: str) -> None:
-    """Show a dataclass in the UI as parameters `name/field`; on an agent, read back the values set there."""
-    from clearml_pipeline.pipeline import fill
+def connect_section(task: Any, options: Any, name: str) -> Any:
+    """Show a dataclass in the UI as parameters `name/field`; returns it with the values set there (on an agent,
+    the ones the pipeline or a user edited)."""
+    from steps.options import to_params, with_values
 
-    values = {k: "" if v is None else v for k, v in asdict(options).items()}
-    fill(options, task.connect(values, name=name))
+    return with_values(options, task.connect(to_params(options), name=name))
 
 
 @functools.cache
 def dataset_folder(ref: str, offline: bool) -> Path:
     folder = Path(ref).expanduser()
-    if folder.is_dir():
-        return folder.resolve()
+    if folder.is_dir():  # absolute, links not resolved: rows' `source` paths are the user's own
+        return folder.absolute()
     if not ref:
         raise ValueError("no dataset given (step/dataset): a local folder or a ClearML Dataset id")
     if offline:
@@ -123,8 +125,25 @@ def previous_attempt(task: Any) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The step, with SIGTERM handled as Ctrl-C from the first line (an agent's abort, the local runner's
+    forwarded signal, or its death): the step then writes every row it has and exits 128 + the signal."""
+    from clearml_pipeline.interrupts import die_with_parent, handle_signals, interrupted_exit_code
+
+    handle_signals()
+    if parent := os.environ.get(PARENT_ENV):
+        die_with_parent(int(parent))
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return interrupted_exit_code()
+
+
+def _main(argv: list[str] | None) -> int:
+    from clearml_pipeline.config import PipelineConfig
     from clearml_pipeline.logs import quiet_libraries
-    from clearml_pipeline.pipeline import PROJECT, STEPS, PipelineConfig, StepIO, fill
+    from clearml_pipeline.pipeline import PROJECT, StepIO, step_names
+    from clearml_pipeline.pipeline import step as pipeline_step
     from clearml_pipeline.step_work import StepEnv
     from clearml_pipeline.tracking import offline_environment
 
@@ -143,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     task = Task.init(
         project_name=PROJECT,
         task_name=f"{args.step or 'step'}{shard_suffix}",
-        task_type=STEPS[args.step].task_type if args.step in STEPS else "custom",
+        task_type=pipeline_step(args.step).task_type if args.step in step_names() else "custom",
         reuse_last_task_id=False,
         auto_connect_frameworks=False,
         auto_connect_arg_parser=False,
@@ -157,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         shard=args.shard,
         checkpoint_every=args.checkpoint_every,
     )
-    fill(io, task.connect(asdict(io), name="step"))
-    if io.name not in STEPS:
-        print(f"error: unknown step {io.name!r}; choose from {', '.join(STEPS)}", file=sys.stderr)
+    io = connect_section(task, io, "step")
+    if io.name not in step_names():
+        print(f"error: unknown step {io.name!r}; choose from {', '.join(step_names())}", file=sys.stderr)
         return EXIT_SETUP_FAILED
-    step = STEPS[io.name]
+    step = pipeline_step(io.name)
     config = PipelineConfig.from_dict(json.loads(args.config.read_text())) if args.config else PipelineConfig()
-    for section in step.sections:
-        connect_section(task, config.section(section), section)
+    config = config.updated(
+        {section: asdict(connect_section(task, config.section(section), section)) for section in step.sections}
+    )
     if args.queue and task.running_locally():
         task.execute_remotely(queue_name=args.queue, exit_process=True)
     offline = args.offline or Task.is_offline()
@@ -185,20 +205,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_step(task: Any, env: Any, offline: bool, sessions: Path | None) -> int:
-    from clearml_pipeline.server import ServerUnavailableError
     from clearml_pipeline.step_work import execute
-    from registry.hub import ModelUnavailableError
-    from registry.model_sets import apply_model_set
+    from registry.model_sets import model_caches
+    from resources.clearml_server import ServerUnavailableError
+    from resources.weights import ModelUnavailableError
 
     (env.out / "error.txt").unlink(missing_ok=True)  # a failed earlier attempt's message is not this one's
     try:
-        apply_model_set(env.config.run, env.config.evaluation)  # a fixture model set: this process's caches
+        # A fixture model set's caches are this machine's, wherever the config was made.
+        env.config = env.config.updated(model_caches(env.config.run.runner.models, env.config.sections()))
         given = fetch_inputs(env.io.input, env.out / "input") if env.step.parents else None
         execute(env, given)
         upload_outputs(task, env.out)
     except KeyboardInterrupt:
-        task.mark_stopped(force=True, status_message="interrupted")
-        return EXIT_INTERRUPTED
+        from clearml_pipeline.interrupts import interrupted_exit_code
+
+        print(f"{env.step.name}: interrupted", file=sys.stderr)
+        with contextlib.suppress(Exception):  # the task's status is a courtesy; the exit status is the answer
+            task.mark_stopped(force=True, status_message="interrupted")
+        return interrupted_exit_code()
     except (ModelUnavailableError, ServerUnavailableError, FileNotFoundError, ValueError, LookupError) as exc:
         print(f"error: {env.step.name}: {exc}", file=sys.stderr)
         env.out.mkdir(parents=True, exist_ok=True)

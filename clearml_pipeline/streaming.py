@@ -1,14 +1,19 @@
-"""The streaming runtime: each stage in its own worker processes, rows routed between them by this process.
+"""The streaming runtime's router: each stage in its own worker processes, rows routed between them from here.
 
-Why this shape (seed 000's open problems):
+Why this shape (seed 000's open problems, and issue 12's faults):
 - processes come from `multiprocessing.get_context("spawn")`, never a global `set_start_method`, so importing
-  this module from anywhere ("context has already been set") cannot break;
+  this module from anywhere ("context has already been set") cannot break; each starts through
+  interrupts.child_entry (SIGINT ignored, dies with the router), and runs stream_worker.worker_main;
 - every worker loads its model once and warms up before the clock starts, all workers in parallel; cold start
   is measured on its own, apart from steady-state throughput;
 - each replica gets a thread budget (torch intra-op threads) so that replicas share the cores instead of
   oversubscribing them, the likely reason 1:1:2 ran slower than 1:1:1 in the seed;
-- the router here knows which rows each worker holds, so a worker that dies loses nothing: its rows are
-  retried on a live replica (a replacement is started) or, past the retry budget, become error rows;
+- the router knows which rows each worker holds, so a worker that dies, or holds rows past `row_timeout_s`
+  with no result (stopped, hung: it is killed), loses nothing: its rows are retried on a live replica (a
+  replacement is started) or, past the retry budget, become error rows;
+- a replacement that dies or fails while warming up is noticed like any other death; after `retries` failed
+  starts in a row, a stage with no live worker left fails its rows with the reason, and the run goes on: the
+  finished rows are kept and every row is returned;
 - each worker's inbox is bounded (back-pressure) and workers batch dynamically: they take what is queued, up
   to the stage's batch size, waiting at most `max_wait_ms` for more.
 """
@@ -17,48 +22,35 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import queue
-import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from clearml_pipeline.config import RunConfig
-from clearml_pipeline.logs import quiet_libraries
-from clearml_pipeline.results import ItemResult
-from clearml_pipeline.stages import STAGES, StageSpec, StepContext, build_stage, finish
+from clearml_pipeline.execution import ResultsSink, mark_interrupted
+from clearml_pipeline.interrupts import child_entry
+from clearml_pipeline.replicas import StreamingOptions
+from clearml_pipeline.stream_worker import Delivery, warm_up, worker_main
 from steps.base import ModelInfo
+from steps.results import ItemResult
+from steps.stages import STAGES, StageSpec, StepContext, finish
 
 SPAWN: SpawnContext = __import__("multiprocessing").get_context("spawn")
-STAGE_BY_NAME = {spec.name: spec for spec in STAGES}
+__all__ = ["SPAWN", "StreamingRunner", "WorkerStartError", "warm_up"]
 
 
-@dataclass
-class StreamingOptions:
-    replicas: str = "1:1:1"  # per stage, in pipeline order; "auto" sizes them from measured stage costs
-    replica_threads: str = "auto"  # torch threads per replica, "auto" (cores split among CPU replicas) or "2:1:1"
-    max_wait_ms: float = 20.0  # dynamic batching: how long a worker waits to fill a batch
-    inbox_batches: int = 2  # bounded inbox per worker, in batches
-    retries: int = 1  # times a row is retried after its worker died
-    ready_timeout_s: float = 600.0
+class WorkerStartError(RuntimeError):
+    """The workers of a stage could not start (their model failed to load, or they died warming up)."""
 
-
-@dataclass
-class Delivery:
-    """A batch of finished rows from a worker, with the worker's clock readings for queue-wait accounting."""
-
-    worker: int
-    rows: list[ItemResult]
-    started: float
-    finished: float
-    cpu_s: float
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 @dataclass
@@ -67,7 +59,10 @@ class Worker:
     spec: StageSpec
     process: SpawnProcess
     inbox: Queue[Any]
+    started: float = field(default_factory=time.monotonic)
     ready: bool = False
+    failed: str | None = None  # its own report of why it could not start
+    progress_at: float = 0.0  # when it last delivered, or began holding rows after holding none
     held: dict[str, ItemResult] = field(default_factory=dict)
 
 
@@ -80,134 +75,8 @@ class StreamStats:
     cpu_s: dict[str, float] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
     restarts: int = 0
+    timeouts: int = 0  # workers killed for holding rows past row_timeout_s
     interrupted: bool = False
-
-
-def parse_ratio(text: str, what: str) -> list[int]:
-    parts = [int(p) for p in text.split(":")]
-    if len(parts) != len(STAGES) or min(parts) < 1:
-        raise ValueError(f"{what} must be {len(STAGES)} positive integers like 1:1:2, got {text!r}")
-    return parts
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def is_gpu_stage(config: RunConfig, spec: StageSpec) -> bool:
-    device = getattr(config.stage_options(spec), "device", "cpu")
-    if device == "auto":
-        import torch
-
-        return torch.cuda.is_available()
-    return device.startswith("cuda")
-
-
-def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores: int) -> dict[str, int]:
-    """Replicas so that no stage starves the next: CPU stages get cores in proportion to their cost per item.
-
-    GPU stages keep one replica each (they share the device through batching, not stacked processes).
-    """
-    cpu_stages = [s.name for s in STAGES if not gpu[s.name]]
-    budget = max(cores, len(cpu_stages))
-    total = sum(cpu_s_per_item[name] for name in cpu_stages) or 1.0
-    replicas = {s.name: 1 for s in STAGES}
-    for name in cpu_stages:
-        replicas[name] = max(1, round(budget * cpu_s_per_item[name] / total))
-    return replicas
-
-
-def thread_budget(replicas: dict[str, int], gpu: dict[str, bool], cores: int) -> dict[str, int]:
-    """Split the cores among CPU replicas (at least one thread each); GPU stages drive the device with one."""
-    cpu_replicas = sum(n for name, n in replicas.items() if not gpu[name]) or 1
-    share = max(1, cores // cpu_replicas)
-    return {name: 1 if gpu[name] else share for name in replicas}
-
-
-def plan(
-    options: StreamingOptions, gpu: dict[str, bool], cores: int, measure_cpu_s: Callable[[], dict[str, float]]
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Replicas and threads per stage from the options; `measure_cpu_s` is only called for `auto` replicas."""
-    names = [spec.name for spec in STAGES]
-    if options.replicas == "auto":
-        replicas = auto_replicas(measure_cpu_s(), gpu, cores)
-    else:
-        replicas = dict(zip(names, parse_ratio(options.replicas, "replicas"), strict=True))
-    if options.replica_threads == "auto":
-        threads = thread_budget(replicas, gpu, cores)
-    else:
-        threads = dict(zip(names, parse_ratio(options.replica_threads, "replica threads"), strict=True))
-    return replicas, threads
-
-
-def warm_up(stage: Any, spec: StageSpec, ctx: StepContext, worker_id: int) -> None:
-    """Run one synthetic row through the stage's whole path (a noise clip passes the silence gate)."""
-    import soundfile as sf
-
-    row = ItemResult(id=f".warmup-{worker_id}", source=str(ctx.out / f".warmup-{worker_id}.wav"))
-    row.en_text, row.zh_text = "Hello, how are you?", "你好，今天天气很好。"
-    noise = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1
-    sf.write(row.source, noise, 16_000)
-    try:
-        spec.step(stage, [row], ctx)
-    finally:
-        Path(row.source).unlink(missing_ok=True)
-        if row.zh_audio:
-            (ctx.out / row.zh_audio).unlink(missing_ok=True)
-    if not row.ok:
-        raise RuntimeError(f"warm-up failed: {row.error}")
-
-
-def worker_main(
-    worker_id: int,
-    stage_name: str,
-    options: Any,
-    ctx: StepContext,
-    threads: int,
-    max_batch: int,
-    max_wait_s: float,
-    inbox: Queue[Any],
-    outbox: Queue[Any],
-) -> None:
-    """A worker process: load the stage once, warm up, then take batches from `inbox` until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the router owns shutdown; Ctrl-C reaches it alone
-    import torch
-
-    quiet_libraries()
-    torch.set_num_threads(threads)
-    spec = STAGE_BY_NAME[stage_name]
-    started = time.monotonic()
-    try:
-        stage = build_stage(spec, options)
-        stage.ensure_ready()
-        warm_up(stage, spec, ctx, worker_id)
-    except Exception as exc:  # noqa: BLE001 - reported to the router, which fails the run cleanly
-        outbox.put(("failed", worker_id, f"{type(exc).__name__}: {exc}"))
-        return
-    outbox.put(("ready", worker_id, time.monotonic() - started, stage.models()))
-    while True:
-        first = inbox.get()
-        if first is None:
-            return
-        batch, stop = [first], False
-        deadline = time.monotonic() + max_wait_s
-        while len(batch) < max_batch:
-            try:
-                item = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                stop = True
-                break
-            batch.append(item)
-        t0, c0 = time.monotonic(), time.process_time()
-        spec.step(stage, batch, ctx)
-        outbox.put(("done", Delivery(worker_id, batch, t0, time.monotonic(), time.process_time() - c0)))
-        if stop:
-            return
 
 
 class StreamingRunner:
@@ -230,26 +99,22 @@ class StreamingRunner:
         self.next_id = 0
         self.stats = StreamStats()
         self.models: dict[str, list[ModelInfo]] = {}  # what the workers loaded, per stage
+        self.start_failures: dict[str, int] = {}  # failed starts in a row, per stage
+        self.given_up: dict[str, str] = {}  # stages that have no worker and will get none: why
+        self.finished: list[ItemResult] = []  # rows finished since the run loop last looked
 
     # -- workers ---------------------------------------------------------------------------------------------
     def _spawn(self, spec: StageSpec) -> Worker:
         options = self.config.stage_options(spec)
-        max_batch = max(1, getattr(options, "batch_size", 1))
-        inbox: Queue[Any] = SPAWN.Queue(maxsize=max_batch * self.options.inbox_batches)
+        # --batch-size means the same in every runtime: the most rows one stage call takes.
+        max_batch = max(1, self.config.runner.batch_size)
+        inbox: Queue[Any] = SPAWN.Queue(maxsize=max_batch * max(1, self.options.inbox_batches))
         worker_id, self.next_id = self.next_id, self.next_id + 1
+        args = (worker_id, spec.name, options, self.ctx, self.threads[spec.name], max_batch,
+                self.options.max_wait_ms / 1000)
         process = SPAWN.Process(
-            target=worker_main,
-            args=(
-                worker_id,
-                spec.name,
-                options,
-                self.ctx,
-                self.threads[spec.name],
-                max_batch,
-                self.options.max_wait_ms / 1000,
-                inbox,
-                self.outbox,
-            ),
+            target=child_entry,
+            args=(pickle.dumps((worker_main, args)), os.getpid(), inbox, self.outbox),
             name=f"{spec.prefix}-{worker_id}",
             daemon=True,
         )
@@ -267,18 +132,27 @@ class StreamingRunner:
                 self._spawn(spec)
         while not all(w.ready for w in self.workers.values()):
             if time.monotonic() - started > self.options.ready_timeout_s:
-                raise RuntimeError(f"workers not ready after {self.options.ready_timeout_s:.0f} s")
+                late = next(w for w in self.workers.values() if not w.ready)
+                raise WorkerStartError(late.spec.name, f"workers not ready after {self.options.ready_timeout_s:.0f} s")
             self._receive(timeout=0.5)
             for worker in self.workers.values():
-                if not worker.ready and not worker.process.is_alive():
-                    raise RuntimeError(
-                        f"worker {worker.process.name} exited during start (exit code {worker.process.exitcode})"
-                    )
+                if not worker.ready and (worker.failed or not worker.process.is_alive()):
+                    raise WorkerStartError(worker.spec.name, self._start_failure(worker))
         self.stats.cold_start_s = time.monotonic() - started
         return self.stats.cold_start_s
 
+    @staticmethod
+    def _start_failure(worker: Worker) -> str:
+        if worker.failed:
+            return f"worker {worker.process.name} could not start: {worker.failed}"
+        return f"worker {worker.process.name} exited during start (exit code {worker.process.exitcode})"
+
     def close(self) -> None:
+        """Stop every worker: a ready one finishes its batch and exits; one still warming up, or any after an
+        interrupt (what it would deliver is not waited for), is terminated at once; SIGKILL for the stubborn."""
         for worker in self.workers.values():
+            if self.stats.interrupted or not worker.ready:
+                worker.process.terminate()
             with contextlib.suppress(Exception):
                 worker.inbox.put_nowait(None)
         deadline = time.monotonic() + 10
@@ -288,7 +162,7 @@ class StreamingRunner:
                 worker.process.terminate()
                 worker.process.join(timeout=5)
             if worker.process.is_alive():
-                worker.process.kill()
+                worker.process.kill()  # also ends a stopped (SIGSTOP) worker, which SIGTERM would not
                 worker.process.join(timeout=5)
         for worker in self.workers.values():
             worker.inbox.cancel_join_thread()
@@ -300,11 +174,12 @@ class StreamingRunner:
         rows: Sequence[ItemResult],
         arrivals: Sequence[float] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        sink: ResultsSink | None = None,
     ) -> list[ItemResult]:
         """Stream `rows` through every stage; `arrivals` (seconds from start) makes the load open-loop.
 
-        Returns every row, in input order; `on_progress` is told how many rows finished since its last call.
-        """
+        Returns every row, in input order; `on_progress` is told how many rows finished since its last call, and
+        `sink` gets the finished rows as they finish (a crash of this process keeps them)."""
         order = [row.id for row in rows]
         done: dict[str, ItemResult] = {}
         waiting = deque(zip(rows, arrivals or [0.0] * len(rows), strict=True))
@@ -321,20 +196,37 @@ class StreamingRunner:
                     self.arrived[row.id] = time.monotonic()
                     pending[self.stages[0].name].append(row)
                 self._dispatch(pending)
-                before = len(done)
                 for row, stage_index in self._receive(timeout=0.01):
-                    self._advance(row, stage_index, pending, done)
-                self._reap(pending, done)
-                if on_progress and len(done) > before:
-                    on_progress(len(done) - before)
+                    self._advance(row, stage_index, pending)
+                self._reap(pending)
+                self._fail_given_up(pending)
+                self._flush(done, sink, on_progress)
         except KeyboardInterrupt:
             self.stats.interrupted = True
-            for row in rows:
-                if row.id not in done:
-                    row.fail("interrupted", "run interrupted (Ctrl-C) before this item finished")
-                    done[row.id] = finish(row)
+            self._flush(done, sink, on_progress)
+            rest = [row for row in rows if row.id not in done]
+            mark_interrupted(rest, "run interrupted before this item finished")
+            done.update((row.id, row) for row in rest)
+            if sink is not None:
+                sink.append(rest)
         self.stats.wall_s = time.monotonic() - start
         return [done[item_id] for item_id in order]
+
+    def _finish(self, row: ItemResult) -> None:
+        row.latency_s["end_to_end"] = time.monotonic() - self.arrived.get(row.id, time.monotonic())
+        self.finished.append(finish(row))
+
+    def _flush(
+        self, done: dict[str, ItemResult], sink: ResultsSink | None, on_progress: Callable[[int], None] | None
+    ) -> None:
+        rows, self.finished = self.finished, []
+        if not rows:
+            return
+        done.update((row.id, row) for row in rows)
+        if sink is not None:
+            sink.append(rows)
+        if on_progress:
+            on_progress(len(rows))
 
     def _dispatch(self, pending: dict[str, deque[ItemResult]]) -> None:
         for spec in self.stages:
@@ -348,6 +240,8 @@ class StreamingRunner:
                     ready.remove(worker)
                     continue
                 pending[spec.name].popleft()
+                if not worker.held:  # the deadline counts from when it has something to do
+                    worker.progress_at = time.monotonic()
                 worker.held[row.id] = row
                 self.sent_at[row.id] = time.monotonic()
 
@@ -358,56 +252,92 @@ class StreamingRunner:
             kind, *payload = self.outbox.get(timeout=timeout)
         except queue.Empty:
             return finished
+        worker = self.workers.get(payload[0].worker if kind == "done" else payload[0])
+        if worker is None:  # from a worker already retired (killed for its deadline): its rows went elsewhere
+            return finished
         if kind == "ready":
-            worker_id, _cold, models = payload
-            self.workers[worker_id].ready = True
-            self.models[self.workers[worker_id].spec.name] = models
+            worker.ready = True
+            self.start_failures[worker.spec.name] = 0
+            self.models[worker.spec.name] = payload[2]
         elif kind == "failed":
-            worker_id, message = payload
-            raise RuntimeError(f"worker {self.workers[worker_id].process.name} could not start: {message}")
+            worker.failed = payload[1]  # _reap (or start) replaces it, or gives its stage up
         elif kind == "done":
             delivery: Delivery = payload[0]
-            worker = self.workers[delivery.worker]
             name = worker.spec.name
+            worker.progress_at = time.monotonic()
             self.stats.batch_sizes.setdefault(name, []).append(len(delivery.rows))
             self.stats.cpu_s[name] = self.stats.cpu_s.get(name, 0.0) + delivery.cpu_s
             self.stats.busy_s[name] = self.stats.busy_s.get(name, 0.0) + delivery.finished - delivery.started
             for row in delivery.rows:
-                worker.held.pop(row.id, None)
+                if worker.held.pop(row.id, None) is None:
+                    continue  # not ours any more
                 wait = max(0.0, delivery.started - self.sent_at.get(row.id, delivery.started))
                 self.stats.queue_wait_s.setdefault(name, []).append(wait)
                 row.latency_s[f"{name}_queue"] = wait
                 finished.append((row, self.stages.index(worker.spec)))
         return finished
 
-    def _advance(
-        self, row: ItemResult, stage_index: int, pending: dict[str, deque[ItemResult]], done: dict[str, ItemResult]
-    ) -> None:
+    def _advance(self, row: ItemResult, stage_index: int, pending: dict[str, deque[ItemResult]]) -> None:
         last = stage_index == len(self.stages) - 1
         if last or not row.ok or row.no_speech:
-            row.latency_s["end_to_end"] = time.monotonic() - self.arrived[row.id]
-            done[row.id] = finish(row)
+            self._finish(row)
         else:
             pending[self.stages[stage_index + 1].name].append(row)
 
-    def _reap(self, pending: dict[str, deque[ItemResult]], done: dict[str, ItemResult]) -> None:
-        """A dead worker's rows go back to the front of its stage's queue (or fail), and a replacement starts."""
+    def _reap(self, pending: dict[str, deque[ItemResult]]) -> None:
+        """Dead, failed or overdue workers are retired: their rows go back to the front of their stage's queue (or
+        fail, past the retry budget), and a replacement starts unless the stage's starts keep failing."""
+        now = time.monotonic()
         for worker in list(self.workers.values()):
-            if worker.process.is_alive() or not worker.ready:
+            why = self._why_retire(worker, now)
+            if why is None:
                 continue
             del self.workers[worker.id]
+            worker.inbox.cancel_join_thread()
             self.stats.restarts += 1
+            name = worker.spec.name
             for row in reversed(list(worker.held.values())):
                 self.attempts[row.id] = self.attempts.get(row.id, 0) + 1
                 if self.attempts[row.id] > self.options.retries:
-                    row.fail(
-                        worker.spec.name,
-                        f"worker process died (exit code {worker.process.exitcode}) "
-                        f"while processing this item, {self.attempts[row.id]} times",
-                    )
-                    row.latency_s["end_to_end"] = time.monotonic() - self.arrived[row.id]
-                    done[row.id] = finish(row)
+                    row.fail(name, f"{why} while processing this item, {self.attempts[row.id]} times")
+                    self._finish(row)
                 else:
-                    pending[worker.spec.name].appendleft(row)
-            worker.inbox.cancel_join_thread()
-            self._spawn(worker.spec)
+                    pending[name].appendleft(row)
+            if not worker.ready:
+                self.start_failures[name] = self.start_failures.get(name, 0) + 1
+            if self.start_failures.get(name, 0) <= self.options.retries:
+                self._spawn(worker.spec)
+            elif not any(w.spec is worker.spec for w in self.workers.values()):
+                self.given_up[name] = why
+
+    def _why_retire(self, worker: Worker, now: float) -> str | None:
+        """Why `worker` must go (None: it stays). An overdue or stuck one is killed here."""
+        if worker.failed is not None:
+            worker.process.join(timeout=5)
+            return self._start_failure(worker)
+        if not worker.process.is_alive():
+            if not worker.ready:
+                return self._start_failure(worker)
+            return f"worker process died (exit code {worker.process.exitcode})"
+        if worker.ready and worker.held and now - worker.progress_at > self.options.row_timeout_s:
+            self._kill(worker)
+            self.stats.timeouts += 1
+            return (f"worker process killed: it held rows for {now - worker.progress_at:.0f} s with no result "
+                    f"(--row-timeout-s {self.options.row_timeout_s:g})")
+        if not worker.ready and now - worker.started > self.options.ready_timeout_s:
+            self._kill(worker)
+            return f"worker {worker.process.name} not ready after {self.options.ready_timeout_s:.0f} s"
+        return None
+
+    @staticmethod
+    def _kill(worker: Worker) -> None:
+        worker.process.kill()  # SIGKILL: also ends a stopped (SIGSTOP) process
+        worker.process.join(timeout=5)
+
+    def _fail_given_up(self, pending: dict[str, deque[ItemResult]]) -> None:
+        """Rows waiting for a stage that has no worker and will get none fail, saying why; the run goes on."""
+        for name, why in self.given_up.items():
+            while pending[name]:
+                row = pending[name].popleft()
+                row.fail(name, f"not processed: no {name} worker could be started ({why})")
+                self._finish(row)

@@ -5,7 +5,9 @@ Examples:
       --covost covost_v2.es_en.tsv --out out/datasets
   python -m data_prep ingest --source hf --hf-name mozilla-foundation/common_voice_11_0 --hf-config es \\
       --split test --limit 100            # token from --hf-token, HF_TOKEN or `huggingface-cli login`
+  python -m data_prep ingest --source fleurs --path fleurs/data --split test   # es_419 audio, cmn_hans_cn text
   python -m data_prep ingest --source folder --path my_recordings --clearml --dataset-project s2st/datasets
+  python -m data_prep samples --output samples/   # (re)make the Spanish sample clips shipped in samples/
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 
 from data_prep.dataset import DatasetResult, build_dataset
 from data_prep.ingest import SOURCES, IngestOptions
-from data_prep.paths import UnsafePathError, safe_name
+from data_prep.samples import DEFAULT_OUTPUT, SamplesError, write_samples
 from data_prep.sources import HFLoader, SourceError, parse_splits
+from resources.paths import UnsafePathError, safe_name
 
-DEFAULT_SPLIT = {"common_voice": "test", "hf": "test", "folder": "all"}
+DEFAULT_SPLIT = {"common_voice": "test", "hf": "test", "folder": "all", "fleurs": "test"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="turn a source into a dataset", formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--source", choices=SOURCES, required=True)
     p.add_argument(
-        "--path", type=Path, help="Common Voice release folder (<lang>/ with clips/ and *.tsv) or audio folder"
+        "--path",
+        type=Path,
+        help="Common Voice release folder (<lang>/ with clips/ and *.tsv), audio folder, or FLEURS release "
+        "(es_419/, cmn_hans_cn/, en_us/; --source fleurs without --path: --hf-name google/fleurs downloads it)",
     )
     p.add_argument("--hf-name", help="Hugging Face dataset, e.g. mozilla-foundation/common_voice_11_0")
     p.add_argument("--hf-config", help="its config, e.g. es")
@@ -52,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset-project", default="s2st/datasets")
     g.add_argument("--dataset-name", help="dataset name (also the local folder name); default <source>-<split>")
     g.add_argument("--dataset-version", help="e.g. 1.2.0 (default: ClearML bumps the latest)")
+    s = sub.add_parser("samples", help="speak the Spanish sample clips with espeak-ng (what samples/ ships)")
+    s.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write (default: samples/ here)")
     return parser
 
 
@@ -90,7 +98,8 @@ def summary(result: DatasetResult) -> str:
         ),
         (
             f"text     {info['counts']['with_sentence']} with sentence, "
-            f"{info['counts']['with_reference_en']} with an English reference"
+            f"{info['counts']['with_reference_en']} with an English reference, "
+            f"{info['counts'].get('with_reference_zh', 0)} with a Mandarin one"
         ),
     ]
     if report.rejections:
@@ -101,7 +110,7 @@ def summary(result: DatasetResult) -> str:
 
 def ingest(args: argparse.Namespace, loader: HFLoader | None = None) -> int:
     if args.clearml:  # a server that is down or not configured is reported now, not after the clips are converted
-        from clearml_pipeline.server import check_server
+        from resources.clearml_server import check_server
 
         check_server()
     parent_folder: Path | None = None
@@ -127,8 +136,20 @@ def ingest(args: argparse.Namespace, loader: HFLoader | None = None) -> int:
     return 0
 
 
+def samples(args: argparse.Namespace) -> int:
+    try:
+        paths = write_samples(args.output)
+    except SamplesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"samples  {len(paths)} clips, {sum(p.stat().st_size for p in paths) // 1024} KB in {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None, loader: HFLoader | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "samples":
+        return samples(args)
     try:
         return ingest(args, loader=loader)
     except (SourceError, UnsafePathError, ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -29,10 +29,11 @@ from data_prep.manifest import (
     write_manifest,
     write_report,
 )
-from data_prep.paths import safe_join, safe_name
 from data_prep.sources import HFLoader, SourceError
+from resources.paths import safe_join, safe_name, safe_output_path
 
-FORMAT = "s2st-dataset/1"  # bump when the layout or the hashing changes: old hashes then stop matching
+# Bump when the layout or the hashing changes: old hashes then stop matching. 2: rows gained `reference_zh`.
+FORMAT = "s2st-dataset/2"
 DATASET_JSON = "dataset.json"
 
 
@@ -77,11 +78,13 @@ def read_dataset_info(folder: str | Path) -> dict[str, Any]:
 def inherit_parent(parent: Path, audio_dir: Path, have: set[str]) -> list[Accepted]:
     """The parent's rows whose ids this run did not produce, with their WAVs linked (or copied) in."""
     out: list[Accepted] = []
-    for row in read_manifest(parent / MANIFEST_NAME):  # checks every audio path stays inside the parent
+    # read_manifest checks every audio path stays inside the parent and makes every id a unique safe id (a
+    # parent fetched from elsewhere is data like any other); the writer checks again.
+    for row in read_manifest(parent / MANIFEST_NAME):
         if row.id in have:
             continue
         src = safe_join(parent, row.audio)
-        dst = audio_dir / f"{safe_name(row.id)}.wav"
+        dst = safe_output_path(audio_dir, "", row.id, ".wav")
         try:
             os.link(src, dst)
         except OSError:
@@ -109,8 +112,10 @@ def _info(
             "reasons": report.reason_counts(),
             "rows": len(rows),
             "inherited": len(rows) - report.accepted,
+            "renamed_ids": len(report.renamed),
             "with_sentence": sum(r.sentence is not None for r in rows),
             "with_reference_en": sum(r.reference_en is not None for r in rows),
+            "with_reference_zh": sum(r.reference_zh is not None for r in rows),
         },
         "seconds": round(seconds, 3),
         "hours": round(seconds / 3600.0, 4),

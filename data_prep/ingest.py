@@ -7,6 +7,7 @@ selected == accepted + rejected always holds and nothing is dropped silently.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.manifest import ManifestRow, Rejection, Report
+from data_prep.manifest import ManifestRow, Rejection, RenamedId, Report
 from data_prep.sources import (
     HFLoader,
     SourceClip,
@@ -25,9 +26,22 @@ from data_prep.sources import (
     read_hf,
     read_tsv,
 )
-from steps.audio import WHISPER_SAMPLE_RATE, AudioError, load_audio, probe_seconds, speech_seconds, write_wav
+from resources.audio import (
+    WHISPER_SAMPLE_RATE,
+    AudioError,
+    EmptyAudioError,
+    MissingAudioError,
+    NotAFileError,
+    OversizeAudioError,
+    check_file,
+    load_audio,
+    probe_seconds,
+    speech_seconds,
+    write_wav,
+)
+from resources.paths import UniqueIds, UnsafePathError, safe_id, safe_output_path
 
-SOURCES = ("common_voice", "hf", "folder")
+SOURCES = ("common_voice", "hf", "folder", "fleurs")
 
 
 @dataclass(frozen=True)
@@ -36,7 +50,7 @@ class IngestOptions:
     splits: tuple[str, ...]
     out: Path
     name: str
-    path: Path | None = None  # release folder (common_voice) or audio folder (folder)
+    path: Path | None = None  # release folder (common_voice, fleurs) or audio folder (folder)
     hf_name: str | None = None
     hf_config: str | None = None
     hf_token: str | None = field(default=None, repr=False)  # never printed, never hashed, never stored
@@ -92,20 +106,22 @@ def select_clips(clips: Iterable[SourceClip], limit: int | None, seed: int) -> l
     if limit is not None and limit < len(ordered):
         picked = np.random.default_rng(seed).permutation(len(ordered))[:limit]
         ordered = [ordered[i] for i in sorted(picked)]
-    return unique_ids(ordered)
+    return list(with_unique_ids(ordered, reserved=[safe_id(c.id) for c in ordered]))
 
 
-def unique_ids(clips: list[SourceClip]) -> list[SourceClip]:
-    """Different paths can map to the same file-safe id ('a.mp3', 'a.wav'): suffix a hash of the path."""
-    counts: dict[str, int] = {}
+def with_unique_ids(clips: Iterable[SourceClip], reserved: Iterable[str] = ()) -> Iterator[SourceClip]:
+    """The one gate every source's clips pass before a row or a file is made from them.
+
+    Each id is made a safe id (a no-op for the readers' clip_id; a guard for any other source), then unique:
+    different paths can map to the same id ('a.mp3' and 'a.wav' are both 'a'), and the later one in the
+    (deterministic) selection order becomes 'a-2'; `renamed_from` keeps the id it had, for the report."""
+    allocator = UniqueIds(reserved)
     for clip in clips:
-        counts[clip.id] = counts.get(clip.id, 0) + 1
-    return [
-        replace(clip, id=f"{clip.id}_{hashlib.sha256(clip.source_path.encode()).hexdigest()[:8]}")
-        if counts[clip.id] > 1
-        else clip
-        for clip in clips
-    ]
+        wanted = safe_id(clip.id)
+        got = allocator.take(wanted)
+        if got != clip.id:
+            clip = replace(clip, id=got, renamed_from=wanted if got != wanted else None)
+        yield clip
 
 
 def read_source(opts: IngestOptions, loader: HFLoader | None = None) -> tuple[Iterator[SourceClip], int | None]:
@@ -125,6 +141,8 @@ def read_source(opts: IngestOptions, loader: HFLoader | None = None) -> tuple[It
         total = opts.limit * len(opts.splits) if opts.limit is not None else None
         # Several splits can name the same clip: keep the first, as select_clips does for files.
         return _first_per_path(clips), total
+    if opts.source == "fleurs":
+        return _read_fleurs(opts)
     if opts.path is None:
         raise SourceError(f"--path is required for --source {opts.source}")
     if opts.source == "common_voice":
@@ -135,17 +153,31 @@ def read_source(opts: IngestOptions, loader: HFLoader | None = None) -> tuple[It
     return iter(selected), len(selected)
 
 
+def _read_fleurs(opts: IngestOptions) -> tuple[Iterator[SourceClip], int]:
+    """A local FLEURS release (--path), or the hub copy's files (--hf-name google/fleurs) downloaded first."""
+    from data_prep.fleurs import download_fleurs, read_fleurs
+
+    root = opts.path
+    if root is None:
+        if not opts.hf_name:
+            raise SourceError("--source fleurs needs --path (a FLEURS release) or --hf-name google/fleurs")
+        root = download_fleurs(opts.splits, opts.hf_token, opts.hf_name)
+    release = read_fleurs(root, opts.splits)
+    selected = select_clips(release.clips, opts.limit, opts.seed)
+    return release.materialize(selected), len(selected)
+
+
 def _first_per_path(clips: Iterable[SourceClip]) -> Iterator[SourceClip]:
+    """Streamed clips, first per source path, with unique ids in stream order (ids are not known up front)."""
     seen: set[str] = set()
-    ids: set[str] = set()
-    for clip in clips:
-        if clip.source_path in seen:
-            continue
-        seen.add(clip.source_path)
-        if clip.id in ids:
-            clip = replace(clip, id=f"{clip.id}_{hashlib.sha256(clip.source_path.encode()).hexdigest()[:8]}")
-        ids.add(clip.id)
-        yield clip
+
+    def first(stream: Iterable[SourceClip]) -> Iterator[SourceClip]:
+        for clip in stream:
+            if clip.source_path not in seen:
+                seen.add(clip.source_path)
+                yield clip
+
+    return with_unique_ids(first(clips))
 
 
 def load_covost(path: Path) -> dict[str, str]:
@@ -173,34 +205,49 @@ def normalize_clip(
     """Decode, check and write one clip as audio/<id>.wav; or say why not."""
     if clip.unsafe:
         return _reject(clip, "unsafe_path", clip.unsafe)
+    if clip.rejected:
+        return _reject(clip, *clip.rejected)
     src = clip.file
-    if clip.data is not None:
-        # Streamed bytes: soundfile reads files, and the suffix tells it the container (mp3, wav, flac).
-        src = scratch / f"{clip.id}{PurePosixPath(clip.source_path).suffix or '.bin'}"
-        src.write_bytes(clip.data)
     try:
+        if clip.data is not None:
+            # Streamed bytes: soundfile reads files, and the suffix tells it the container (mp3, wav, flac).
+            suffix = PurePosixPath(clip.source_path).suffix
+            src = safe_output_path(scratch, "", clip.id, suffix if _PLAIN_SUFFIX.fullmatch(suffix) else ".bin")
+            src.write_bytes(clip.data)
         return _normalize_file(clip, src, audio_dir, opts, covost)
+    except UnsafePathError as exc:  # only an id that bypassed with_unique_ids: the writers refuse it
+        return _reject(clip, "unsafe_path", str(exc))
     finally:
         if clip.data is not None and src is not None:
             src.unlink(missing_ok=True)
 
 
+_PLAIN_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
+# Typed audio errors -> the report's reasons; any other AudioError is "corrupt".
+_AUDIO_REASONS: tuple[tuple[type[AudioError], str], ...] = (
+    (MissingAudioError, "missing_file"),
+    (NotAFileError, "not_a_file"),
+    (EmptyAudioError, "empty_file"),
+    (OversizeAudioError, "too_large"),
+)
+
+
 def _normalize_file(
     clip: SourceClip, src: Path | None, audio_dir: Path, opts: IngestOptions, covost: dict[str, str] | None
 ) -> Accepted | Rejection:
-    if src is None or not src.is_file():
-        return _reject(clip, "missing_file", f"audio file {clip.source_path!r} does not exist")
-    if src.stat().st_size == 0:
-        return _reject(clip, "empty_file", "the audio file is empty (0 bytes)")
+    if src is None:
+        return _reject(clip, "missing_file", f"no audio for {clip.source_path!r}")
     try:
-        # The header's duration first: a multi-hour file is refused without decoding it. The margin absorbs
-        # header estimates (mp3); the exact check follows the decode.
+        # What the path is (a directory, a FIFO, a dangling link, 0 bytes) before anything opens it; then the
+        # header's duration: a multi-hour file is refused without decoding it. The margin absorbs header
+        # estimates (mp3); the exact check follows the decode, which load_audio bounds by decoded size too.
+        check_file(src)
         header_seconds = probe_seconds(src)
         if header_seconds > opts.max_seconds + 1.0:
             return _reject(clip, "too_long", f"{header_seconds:.2f} s > --max-seconds {opts.max_seconds:g}")
         audio = load_audio(src, opts.sample_rate)
     except AudioError as exc:
-        reason = "empty_file" if "no audio samples" in str(exc) else "corrupt"
+        reason = next((r for kind, r in _AUDIO_REASONS if isinstance(exc, kind)), "corrupt")
         # libsndfile's messages name the absolute path: keep the report free of machine-specific paths.
         return _reject(clip, reason, str(exc).replace(str(src), src.name))
     seconds = audio.seconds
@@ -210,10 +257,12 @@ def _normalize_file(
         return _reject(clip, "too_long", f"{seconds:.2f} s > --max-seconds {opts.max_seconds:g}")
     if speech_seconds(audio, threshold_dbfs=opts.silence_dbfs) == 0.0:
         return _reject(clip, "silent", f"no 30 ms frame above {opts.silence_dbfs:g} dBFS")
-    rel = f"audio/{clip.id}.wav"
-    wav = audio_dir / f"{clip.id}.wav"
+    wav = safe_output_path(audio_dir, "", clip.id, ".wav")  # refuses any id that would leave audio/
+    rel = f"audio/{wav.name}"
     write_wav(wav, audio.samples, opts.sample_rate)
-    reference = covost.get(PurePosixPath(clip.source_path).name) if covost is not None else None
+    reference = clip.reference_en
+    if covost is not None:
+        reference = covost.get(PurePosixPath(clip.source_path).name, reference)
     row = ManifestRow(
         id=clip.id,
         audio=rel,
@@ -223,6 +272,7 @@ def _normalize_file(
         source_path=clip.source_path,
         reference_en=reference,
         speaker=clip.speaker,
+        reference_zh=clip.reference_zh,
         **dict(clip.meta),
     )
     return Accepted(row, hashlib.sha256(wav.read_bytes()).hexdigest())
@@ -240,6 +290,8 @@ def normalize_all(
     bar = tqdm(clips, total=total, unit="clip", desc="ingest", disable=not opts.show_progress)
     for clip in bar:
         report.selected += 1
+        if clip.renamed_from is not None:
+            report.renamed.append(RenamedId(clip.id, clip.renamed_from, clip.source_path, clip.split))
         result = normalize_clip(clip, audio_dir, scratch, opts, covost)
         if isinstance(result, Accepted):
             accepted.append(result)
@@ -249,4 +301,5 @@ def normalize_all(
     scratch.rmdir()
     report.accepted = len(accepted)
     report.rejections.sort(key=lambda r: (r.id, r.source_path))
+    report.renamed.sort(key=lambda r: r.id)
     return accepted, report

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from data_prep.paths import safe_join
+from resources.paths import is_safe_id, safe_id, safe_join, unique_ids
 
 MANIFEST_NAME = "manifest.jsonl"
 REPORT_JSON = "report.json"
@@ -25,13 +25,13 @@ DEMOGRAPHIC_COLUMNS = ("age", "gender", "accents", "variant", "locale", "up_vote
 
 @dataclass(frozen=True)
 class ManifestRow:
-    id: str  # unique in the dataset; also the WAV's stem
+    id: str  # unique in the dataset, a resources.paths.safe_id; also the WAV's stem
     audio: str  # "audio/<id>.wav", relative to the dataset folder; 16 kHz mono 16-bit PCM
     duration_s: float
     sentence: str | None  # Spanish transcript (None when the source has none)
     split: str
     source_path: str  # the clip's path as the source names it (Common Voice: "common_voice_es_123.mp3")
-    reference_en: str | None = None  # CoVoST 2 es->en translation when joined
+    reference_en: str | None = None  # English reference: CoVoST 2 (Common Voice) or FLEURS en_us, when joined
     # A short pseudonym of Common Voice's client_id (sha256, 16 hex): enough to group clips by speaker,
     # without copying the source's identifier into every log and preview table.
     speaker: str | None = None
@@ -42,6 +42,9 @@ class ManifestRow:
     locale: str | None = None
     up_votes: int | None = None
     down_votes: int | None = None
+    # Mandarin reference (FLEURS cmn_hans_cn). Last, so older manifests (without it) read unchanged and the
+    # columns people know keep their places.
+    reference_zh: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,8 +62,31 @@ class Rejection:
     detail: str  # a sentence a person can act on
 
 
-# The closed set of rejection reasons (report.json's `reason`), in the order they are checked.
-REASONS = ("unsafe_path", "missing_file", "empty_file", "corrupt", "too_short", "too_long", "silent")
+# The closed set of rejection reasons (report.json's `reason`), in the order they are checked. not_a_file: a
+# directory, FIFO or device named like audio; too_large: a header whose decoded size is over the decode limit;
+# no_reference_zh: a FLEURS clip whose sentence id has no Mandarin transcription (the join by id found none).
+REASONS = (
+    "unsafe_path",
+    "no_reference_zh",
+    "missing_file",
+    "not_a_file",
+    "empty_file",
+    "corrupt",
+    "too_large",
+    "too_short",
+    "too_long",
+    "silent",
+)
+
+
+@dataclass(frozen=True)
+class RenamedId:
+    """A clip whose id another clip already had (e.g. 'a.mp3' and 'a.wav' are both 'a'): it became id-2, ..."""
+
+    id: str
+    original_id: str
+    source_path: str
+    split: str
 
 
 @dataclass
@@ -68,6 +94,7 @@ class Report:
     selected: int = 0
     accepted: int = 0
     rejections: list[Rejection] = field(default_factory=list)
+    renamed: list[RenamedId] = field(default_factory=list)
 
     @property
     def rejected(self) -> int:
@@ -84,6 +111,7 @@ class Report:
             "rejected": self.rejected,
             "reason_counts": self.reason_counts(),
             "rejections": [asdict(r) for r in self.rejections],
+            "renamed_ids": [asdict(r) for r in self.renamed],
         }
 
 
@@ -94,27 +122,57 @@ def dumps_row(row: ManifestRow) -> str:
 
 
 def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
+    # The writer's check: whatever made the rows, a manifest never carries an id that is not a file name.
+    bad = [row.id for row in rows if not is_safe_id(row.id)]
+    dupes = sorted(i for i, n in Counter(row.id for row in rows).items() if n > 1)
+    if bad or dupes:
+        raise ValueError(f"manifest ids must be unique safe ids: unsafe {bad[:3]}, repeated {dupes[:3]}")
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.writelines(dumps_row(row) + "\n" for row in rows)
 
 
-def read_manifest(path: str | Path, check_audio: bool = True) -> list[ManifestRow]:
-    """Read manifest.jsonl; each `audio` must stay inside the manifest's folder (and exist, if check_audio)."""
+def read_manifest(path: str | Path, check_audio: bool = True, check_paths: bool = True) -> list[ManifestRow]:
+    """Read manifest.jsonl, which may have been edited by hand: it is data, never trusted.
+
+    Every `id` becomes a unique safe id (resources.paths.safe_id, then id-2, id-3 for repeats, in file order), so
+    no id can name a path outside a folder or make one row's output replace another's; a manifest that ingest
+    wrote is returned unchanged. Each `audio` must stay inside the manifest's folder (UnsafePathError) and
+    exist, if check_audio. check_paths=False leaves `audio` unchecked, for a caller that joins each one with
+    safe_join before opening it and makes a bad one that row's error, not the whole manifest's.
+    Errors (ValueError, FileNotFoundError) name the file and line.
+    """
     path = Path(path)
     rows: list[ManifestRow] = []
     known = set(MANIFEST_COLUMNS)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(enumerate(f, 1))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason}); a manifest.jsonl is UTF-8 JSON lines") from exc
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        where = f"{path.name}:{lineno}"
+        try:
             data = json.loads(line)
-            # Unknown keys are ignored so an older reader accepts a newer manifest with extra columns.
-            row = ManifestRow(**{k: v for k, v in data.items() if k in known})
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not a JSON line ({exc.msg})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: a manifest row is a JSON object, not {type(data).__name__}")
+        if not isinstance(data.get("id"), (str, int)) or not isinstance(data.get("audio"), str):
+            raise ValueError(f"{where}: a manifest row needs a text `id` and `audio`")
+        # Unknown keys are ignored so an older reader accepts a newer manifest with extra columns.
+        try:
+            row = ManifestRow(**{k: v for k, v in data.items() if k in known} | {"id": safe_id(str(data["id"]))})
+        except TypeError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        if check_paths:
             audio = safe_join(path.parent, row.audio)
             if check_audio and not audio.is_file():
-                raise FileNotFoundError(f"{path.name}:{lineno}: audio file {row.audio!r} is missing")
-            rows.append(row)
-    return rows
+                raise FileNotFoundError(f"{where}: audio file {row.audio!r} is missing")
+        rows.append(row)
+    ids = unique_ids([row.id for row in rows])
+    return [row if row.id == new else replace(row, id=new) for row, new in zip(rows, ids, strict=True)]
 
 
 def write_report(folder: Path, report: Report) -> None:
@@ -137,5 +195,13 @@ def report_markdown(report: Report) -> str:
         lines += ["", "| id | split | source path | reason | detail |", "|---|---|---|---|---|"]
         for r in report.rejections:
             cells = [r.id, r.split, r.source_path, r.reason, r.detail]
-            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+            lines.append(_md_row(cells))
+    if report.renamed:
+        lines += ["", f"{len(report.renamed)} clip(s) had an id another clip already had and were renamed:", ""]
+        lines += ["| id | was | split | source path |", "|---|---|---|---|"]
+        lines += [_md_row([r.id, r.original_id, r.split, r.source_path]) for r in report.renamed]
     return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"

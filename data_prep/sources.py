@@ -4,6 +4,7 @@ with `unsafe` set, so ingestion can list it in the report.
 
 - Common Voice release folder: `<lang>/{validated,train,dev,test,...}.tsv` + `<lang>/clips/*.mp3`.
 - Hugging Face `datasets` (streamed): Common Voice's hub layout (path, audio, sentence, client_id, ...).
+- FLEURS release as on the hub (data_prep.fleurs): es_419 clips joined to cmn_hans_cn/en_us text by sentence id.
 - Plain folder of audio files, transcripts optional: a `transcripts.tsv` at the folder root (header
   `path<TAB>sentence`, paths relative to the folder, the Common Voice convention) and/or a `<name>.txt` next to
   each audio file (its whole content, stripped, is the sentence); the TSV wins when both name a file.
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from data_prep.paths import UnsafePathError, safe_join, safe_name
-from steps.audio import AUDIO_EXTENSIONS
+from resources.audio import AUDIO_EXTENSIONS
+from resources.paths import UnsafePathError, safe_id, safe_join
 
 # Common Voice TSVs hold hundreds of thousands of rows and sentences with quotes in them: read them as raw TSV
 # (no quoting), with the field size limit raised for the occasional very long sentence.
@@ -45,14 +46,20 @@ class SourceClip:
     file: Path | None = None  # the audio file on disk, or None when `data` holds it (or the path is unsafe)
     data: bytes | None = None  # encoded audio in memory (streamed datasets); format from source_path's suffix
     unsafe: str | None = None  # why the path was refused; such a clip is rejected as "unsafe_path"
+    renamed_from: str | None = None  # the id it had before ingest made ids unique (listed in the report)
     speaker: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)  # demographic columns (manifest.DEMOGRAPHIC_COLUMNS)
+    # References the source itself joins (FLEURS: by sentence id); CoVoST's --covost join fills reference_en later.
+    reference_en: str | None = None
+    reference_zh: str | None = None
+    rejected: tuple[str, str] | None = None  # (reason, detail) the reader already knows, e.g. no Mandarin reference
 
 
 def clip_id(source_path: str) -> str:
-    """Stable id from the source path: 'common_voice_es_123.mp3' -> 'common_voice_es_123'."""
+    """Stable, file-name-safe id from the source path: 'common_voice_es_123.mp3' -> 'common_voice_es_123',
+    'session2/dos.flac' -> 'session2_dos', '../../x.mp3' -> 'x' (see resources.paths.safe_id)."""
     posix = PurePosixPath(source_path.replace("\\", "/"))
-    return safe_name(str(posix.with_suffix("")) if posix.suffix else str(posix))
+    return safe_id(str(posix.with_suffix("")) if posix.suffix else str(posix))
 
 
 def speaker_pseudonym(client_id: str | None) -> str | None:
@@ -97,12 +104,35 @@ def demographics(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_tsv(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Rows of a header-first TSV; a file without the `required` columns is the wrong file: say so."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise SourceError(f"{path.name}: no {', '.join(missing)} column (header: {reader.fieldnames})")
-        return list(reader)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise SourceError(f"{path.name}: no {', '.join(missing)} column (header: {reader.fieldnames})")
+            return list(reader)
+    except UnicodeDecodeError as exc:
+        raise SourceError(not_utf8(path)) from exc
+
+
+def not_utf8(path: Path) -> str:
+    """Which file, and which line: a decoder's message names neither (and its offset is within a buffer)."""
+    try:
+        raw = path.read_bytes()  # only on this error path
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return f"{path} is not UTF-8 text (line {line}: byte 0x{raw[exc.start]:02x}); re-save it as UTF-8"
+    except OSError:
+        pass
+    return f"{path} is not UTF-8 text; re-save it as UTF-8"
+
+
+def read_sidecar(sidecar: Path) -> str | None:
+    try:
+        return _none_if_empty(sidecar.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SourceError(not_utf8(sidecar)) from exc
 
 
 def parse_splits(text: str) -> list[str]:
@@ -170,7 +200,9 @@ def read_folder(folder: str | Path, split: str) -> list[SourceClip]:
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames.sort()
-        for name in sorted(filenames):
+        # Every entry named like audio is a row: FIFOs, sockets and dangling symlinks come in `filenames`, and a
+        # folder named x.wav is listed too (then walked as a folder), so each is rejected with what it is.
+        for name in sorted(filenames) + dirnames:
             if name.lower().endswith(AUDIO_EXTENSIONS):
                 found.append((Path(dirpath) / name).relative_to(folder).as_posix())
     # Rows named only by transcripts.tsv (missing or unsafe files) are kept so the report can list them.
@@ -184,7 +216,7 @@ def read_folder(folder: str | Path, split: str) -> list[SourceClip]:
             if sidecar.is_file():
                 try:
                     safe_join(folder, sidecar.relative_to(folder).as_posix())
-                    sentence = _none_if_empty(sidecar.read_text(encoding="utf-8"))
+                    sentence = read_sidecar(sidecar)
                 except UnsafePathError:
                     sentence = None
         out.append(

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def locate(stage: str, source: str, revision: str | None, cache: str | None) -> tuple[Path, str, str]:
     """The source as (folder to register, entry file inside it, revision)."""
-    from registry.hub import resolve_hf_model
+    from resources.weights import resolve_hf_model
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -59,7 +59,8 @@ def locate(stage: str, source: str, revision: str | None, cache: str | None) -> 
     if path.is_file():  # a vocoder checkpoint: its config.yml and stats sit beside it
         return path.resolve().parent, path.name, "local"
     if stage == "vocoder":
-        from steps.speech_synthesis import SpeechSynthesisOptions, resolve_vocoder
+        from resources.weights import resolve_vocoder
+        from steps.speech_synthesis import SpeechSynthesisOptions
 
         local = resolve_vocoder(source, Path(cache or SpeechSynthesisOptions().vocoder_cache).expanduser())
         if local is None:
@@ -110,8 +111,8 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clearml_pipeline.server import ServerUnavailableError
-    from registry.hub import ModelUnavailableError
+    from resources.clearml_server import ServerUnavailableError
+    from resources.weights import ModelUnavailableError
 
     args = build_parser().parse_args(argv)
     try:

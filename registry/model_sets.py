@@ -5,21 +5,27 @@ tiny random models of the same architectures and file layouts (registry.fixtures
 into caches of their own, so the unchanged loading code runs offline. Fixture output is noise: it exercises
 the machinery and says nothing about translation quality. `fixtures-full` is the same with the real models'
 dimensions (whisper-large, opus-mt-en-zh, the CSMSC Tacotron2 and HiFiGAN), for throughput benchmarks.
+
+Both functions take a run's option sections by name and return changes ({section: {field: value}}), found
+through the fields' metadata (`cache`, `fixture_cap`: see steps.options), never by a list of stage names.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clearml_pipeline.config import RunConfig
+from steps.options import fields_with
 
 MODEL_SETS = ("hub", "fixtures", "fixtures-full")
-# Random weights never choose end-of-sequence, so fixture decoding is capped at realistic output lengths for a
-# Common Voice clip (about 5 s of speech: ~25 English tokens, ~40 Marian target pieces); without the caps a
-# fixture run would decode Whisper's full 440-token budget and cost nothing like a real run.
-FIXTURE_DECODE_CAPS = {"speech_translation": 32, "machine_translation": 48}
+Changes = dict[str, dict[str, Any]]
+
+
+def check_model_set(name: str) -> None:
+    if name not in MODEL_SETS:
+        raise ValueError(f"unknown model set {name!r}; choose from {', '.join(MODEL_SETS)}")
 
 
 def fixtures_root(full: bool = False) -> Path:
@@ -28,14 +34,26 @@ def fixtures_root(full: bool = False) -> Path:
     return Path(os.environ.get("S2ST_FIXTURES_DIR", "~/.cache/s2st/fixtures")).expanduser()
 
 
-def apply_model_set(config: RunConfig, evaluation: Any | None = None) -> None:
-    """Point the run's caches (and the evaluation's ASR model's) at the chosen model set, building the fixtures on
-    first use. Idempotent: each pipeline step calls it again with the options it received."""
-    name = config.runner.models
+def decode_caps(name: str, sections: Mapping[str, Any]) -> Changes:
+    """A fixture set's default decode lengths: random weights never choose end-of-sequence, so without a cap a
+    fixture run decodes its whole budget (440 Whisper tokens) and costs nothing like a real run. These are
+    defaults: the caller applies the user's explicit options after them."""
+    check_model_set(name)
     if name == "hub":
-        return
-    if name not in MODEL_SETS:
-        raise ValueError(f"unknown model set {name!r}; choose from {', '.join(MODEL_SETS)}")
+        return {}
+    return {
+        section: caps
+        for section, options in sections.items()
+        if (caps := {f.name: f.metadata["fixture_cap"] for f in fields_with(options, "fixture_cap")})
+    }
+
+
+def model_caches(name: str, sections: Mapping[str, Any]) -> Changes:
+    """Point every model cache field at the chosen set's caches (building the fixtures on first use). Each
+    process that loads models calls it: the caches are this machine's, wherever the config was made."""
+    check_model_set(name)
+    if name == "hub":
+        return {}
     from registry.fixtures import build_fixtures, fixture_env
 
     full = name == "fixtures-full"
@@ -43,15 +61,9 @@ def apply_model_set(config: RunConfig, evaluation: Any | None = None) -> None:
     for key, value in fixture_env(caches).items():
         if not key.startswith(("HF_", "TRANSFORMERS_")):  # hub settings go through cache_dir, not globals
             os.environ.setdefault(key, value)
-    for section, cap in FIXTURE_DECODE_CAPS.items():
-        options = getattr(config, section)
-        if options.max_new_tokens == type(options)().max_new_tokens:  # the user did not choose one
-            options.max_new_tokens = cap
-    config.speech_translation.model_cache = str(caches.hf_hub_cache)
-    config.machine_translation.model_cache = str(caches.hf_hub_cache)
-    config.speech_synthesis.model_cache = str(caches.espnet_cache)
-    config.speech_synthesis.vocoder_cache = str(caches.vocoder_cache)
-    if evaluation is not None:  # intelligibility re-transcribes with the fixture Whisper, capped like stage 1
-        evaluation.asr_model_cache = str(caches.hf_hub_cache)
-        if evaluation.asr_max_new_tokens == type(evaluation)().asr_max_new_tokens:
-            evaluation.asr_max_new_tokens = FIXTURE_DECODE_CAPS["speech_translation"]
+    folders = {"hf": caches.hf_hub_cache, "espnet": caches.espnet_cache, "vocoder": caches.vocoder_cache}
+    return {
+        section: paths
+        for section, options in sections.items()
+        if (paths := {f.name: str(folders[f.metadata["cache"]]) for f in fields_with(options, "cache")})
+    }

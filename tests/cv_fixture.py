@@ -97,7 +97,7 @@ def _to_mp3(wav: Path, mp3: Path, *effects: str) -> None:
     except subprocess.CalledProcessError:
         if effects:
             raise
-        from steps.audio import load_audio
+        from resources.audio import load_audio
 
         audio = load_audio(wav, 48000)
         sf.write(str(mp3), audio.samples, 48000, format="MP3")
@@ -226,7 +226,7 @@ def hf_dataset_from_release(release: Path, split: str) -> object:
 def write_folder_fixture(root: Path, release: Path) -> Path:
     """A plain folder source: wav/flac/mp3 files in nested folders, transcripts from transcripts.tsv and .txt
     sidecars, one file with no transcript, one corrupt file, and a transcripts.tsv row escaping the folder."""
-    from steps.audio import load_audio
+    from resources.audio import load_audio
 
     folder = Path(root) / "recordings"
     (folder / "session2").mkdir(parents=True, exist_ok=True)

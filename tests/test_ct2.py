@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clearml_pipeline.stages import MACHINE_TRANSLATION, SPEECH_TRANSLATION, build_stage
-from registry import hub
 from registry.fixtures import FixtureCaches
+from resources import weights
+from resources.audio import Audio, load_audio
 from steps import ct2
-from steps.audio import Audio, load_audio
 from steps.machine_translation import Ct2MarianTranslator, MachineTranslationOptions, MarianTranslator
 from steps.speech_translation import (
     FasterWhisperTranslator,
@@ -29,6 +28,7 @@ from steps.speech_translation import (
     WhisperTranslator,
     ct2_whisper_max_length,
 )
+from steps.stages import MACHINE_TRANSLATION, SPEECH_TRANSLATION, build_stage
 from tests.speech import SPANISH_SENTENCES, speak, tone
 
 N = 10  # fixed decode length of every agreement test
@@ -48,6 +48,8 @@ def st_options(fixture_caches: FixtureCaches, ct2_cache: Path) -> SpeechTranslat
         max_new_tokens=N,
         min_new_tokens=N,
         compute_type="float32",
+        # No fallback: two engines' sampled retries never agree token for token (tested in test_whisper_stage)
+        temperature_increment=0.0,
     )
 
 
@@ -294,8 +296,8 @@ def test_a_second_load_reuses_the_conversion(
     assert not marian.converted.converted and marian.converted.path == ct_marian.converted.path
 
 
-def fake_source(tmp_path: Path) -> hub.LocalModel:
-    return hub.LocalModel("org/model", "0123abc", tmp_path / "snapshot")
+def fake_source(tmp_path: Path) -> weights.LocalModel:
+    return weights.LocalModel("org/model", "0123abc", tmp_path / "snapshot")
 
 
 def test_a_conversion_finished_by_a_racer_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,7 +305,7 @@ def test_a_conversion_finished_by_a_racer_is_kept(tmp_path: Path, monkeypatch: p
     source, cache = fake_source(tmp_path), tmp_path / "cache"
     final = ct2.conversion_dir(source, "int8", cache)
 
-    def racing_convert(local: hub.LocalModel, out: Path, quantization: str) -> None:
+    def racing_convert(local: weights.LocalModel, out: Path, quantization: str) -> None:
         for folder, who in ((final, "winner"), (out, "loser")):  # the racer renames its folder in first
             folder.mkdir(parents=True)
             (folder / ct2.MANIFEST).write_text(json.dumps({"who": who}))
@@ -318,7 +320,7 @@ def test_a_conversion_finished_by_a_racer_is_kept(tmp_path: Path, monkeypatch: p
 def test_a_failed_conversion_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source, cache = fake_source(tmp_path), tmp_path / "cache"
 
-    def crashing_convert(local: hub.LocalModel, out: Path, quantization: str) -> None:
+    def crashing_convert(local: weights.LocalModel, out: Path, quantization: str) -> None:
         out.mkdir(parents=True)
         (out / "model.bin").write_bytes(b"half")
         raise RuntimeError("killed mid-conversion")
@@ -342,7 +344,7 @@ def test_the_cache_key_is_model_revision_and_quantization(tmp_path: Path) -> Non
     folder = tmp_path / "local-model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    local = hub.LocalModel(str(folder), "local", folder)
+    local = weights.LocalModel(str(folder), "local", folder)
     before = ct2.conversion_dir(local, "int8", tmp_path)
     (folder / "config.json").write_text('{"edited": true}')
     assert ct2.conversion_dir(local, "int8", tmp_path) != before  # an edited local folder is converted again
@@ -368,16 +370,16 @@ def test_a_missing_model_fails_as_in_the_transformers_backend(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(weights.constants, "HF_HUB_OFFLINE", True)
     empty, cache = tmp_path / "empty-hub", tmp_path / "ct2"
     pairs = [
         (WhisperTranslator, FasterWhisperTranslator, replace(st_options, model_cache=str(empty), ct2_cache=str(cache))),
         (MarianTranslator, Ct2MarianTranslator, replace(mt_options, model_cache=str(empty), ct2_cache=str(cache))),
     ]
     for reference, backend, options in pairs:
-        with pytest.raises(hub.ModelUnavailableError) as expected:
+        with pytest.raises(weights.ModelUnavailableError) as expected:
             reference(options).setup()
-        with pytest.raises(hub.ModelUnavailableError) as got:
+        with pytest.raises(weights.ModelUnavailableError) as got:
             backend(options).setup()
         assert str(got.value) == str(expected.value) and options.model in str(got.value)
     assert not cache.exists()

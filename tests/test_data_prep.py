@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,10 +18,18 @@ from data_prep.__main__ import main
 from data_prep.clearml_dataset import ClearMLTarget, content_tag, register
 from data_prep.dataset import DATASET_JSON, DatasetResult, build_dataset
 from data_prep.ingest import IngestOptions, select_clips
-from data_prep.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, REPORT_JSON, REPORT_MD, read_manifest
-from data_prep.paths import UnsafePathError, safe_join
+from data_prep.manifest import (
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    REPORT_JSON,
+    REPORT_MD,
+    ManifestRow,
+    read_manifest,
+    write_manifest,
+)
 from data_prep.sources import SourceClip, SourceError, check_hub, read_hf
-from steps.audio import load_audio, speech_seconds, to_pcm16
+from resources.audio import load_audio, speech_seconds, to_pcm16, write_wav
+from resources.paths import ID_MAX_BYTES, UnsafePathError, is_safe_id, safe_join
 from tests.cv_fixture import (
     BAD_ROWS,
     SENTENCES,
@@ -31,6 +40,7 @@ from tests.cv_fixture import (
     make_common_voice_fixture,
     write_folder_fixture,
 )
+from tests.test_audio import lying_flac
 
 N_GOOD = 6
 
@@ -477,4 +487,166 @@ def test_wav_is_written_from_load_audio_not_resampled_twice(release: Path, tmp_p
     expected = load_audio(release / "clips" / good_path(0)).samples
     written, sr = sf.read(str(result.folder / row.audio), dtype="int16")
     assert sr == 16_000
-    np.testing.assert_array_equal(written, to_pcm16(expected))  # steps.audio's decode + resample, written once
+    np.testing.assert_array_equal(written, to_pcm16(expected))  # resources.audio's decode + resample, written once
+
+
+# ------------------------------------------------------------------------------------ hostile ids and entries
+
+
+def files_outside(root: Path, inside: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*") if p.is_file() and not p.is_relative_to(inside)}
+
+
+def manifest_line(item_id: object, audio: str = "audio/x.wav") -> str:
+    row = {c: None for c in MANIFEST_COLUMNS} | {"duration_s": 1.0, "split": "t", "source_path": "x.mp3"}
+    return json.dumps(row | {"id": item_id, "audio": audio}, ensure_ascii=False) + "\n"
+
+
+def test_a_traversal_id_in_a_manifest_is_made_safe_and_nothing_lands_outside(release: Path, tmp_path: Path) -> None:
+    # A hand-edited (or fetched) dataset whose ids are paths: it was the parent of a new dataset, and the id
+    # went on as it was into every manifest after it (and from there to OUT/audio/{id}.wav).
+    hostile = tmp_path / "hostile"
+    audio = load_audio(release / "clips" / good_path(0))
+    write_wav(hostile / "audio" / "x.wav", audio.samples, 16_000)
+    (hostile / DATASET_JSON).write_text(json.dumps({"name": "evil", "content_hash": "0" * 64}), encoding="utf-8")
+    lines = [manifest_line("../../PWNED"), manifest_line("../../PWNED"), manifest_line("sub/../../../etc/x")]
+    (hostile / MANIFEST_NAME).write_text("".join(lines), encoding="utf-8")
+    assert [r.id for r in read_manifest(hostile / MANIFEST_NAME)] == ["PWNED", "PWNED-2", "sub_etc_x"]
+
+    before = files_outside(tmp_path, tmp_path / "out")
+    child = build_dataset(options(release, tmp_path / "out", splits=("train",), parent=hostile))
+    assert files_outside(tmp_path, tmp_path / "out") == before  # nothing written outside the output folder
+    rows = read_manifest(child.folder / MANIFEST_NAME)
+    inherited = {r.id: r.audio for r in rows if r.source_path == "x.mp3"}
+    assert inherited == {i: f"audio/{i}.wav" for i in ("PWNED", "PWNED-2", "sub_etc_x")}
+    assert all((child.folder / a).is_file() for a in inherited.values())
+    assert {p.parent for p in tmp_path.rglob("PWNED*")} == {child.folder / "audio"}
+    # The manifest writer refuses what the reader would have had to repair.
+    bad = ManifestRow(id="../x", audio="audio/x.wav", duration_s=1.0, sentence=None, split="t", source_path="x")
+    with pytest.raises(ValueError, match="unique safe ids"):
+        write_manifest(tmp_path / "m.jsonl", [bad])
+    twice = [replace_id(rows[0], "a"), replace_id(rows[1], "a")]
+    with pytest.raises(ValueError, match="repeated"):
+        write_manifest(tmp_path / "m.jsonl", twice)
+
+
+def replace_id(row: ManifestRow, item_id: str) -> ManifestRow:
+    return ManifestRow(**(row.to_dict() | {"id": item_id}))
+
+
+def test_manifest_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_NAME
+    path.write_text(manifest_line("ok") + "{not json\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"manifest\.jsonl:2: not a JSON line"):
+        read_manifest(path, check_audio=False)
+    path.write_text(manifest_line(None), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"manifest\.jsonl:1: .*text `id`"):
+        read_manifest(path, check_audio=False)
+    path.write_bytes(manifest_line("caf\u00e9").encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{path} is not UTF-8"):
+        read_manifest(path, check_audio=False)
+    # check_paths=False: an escaping audio path is the caller's per-row error, not the whole manifest's.
+    path.write_text(manifest_line("a", "../outside.wav") + manifest_line("b"), encoding="utf-8")
+    with pytest.raises(UnsafePathError):
+        read_manifest(path, check_audio=False)
+    assert [r.id for r in read_manifest(path, check_paths=False)] == ["a", "b"]
+
+
+def copy_clip(release: Path, i: int, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(release / "clips" / good_path(i), dst)
+    return dst
+
+
+def test_duplicate_ids_stay_distinct_and_are_reported(release: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "dupes"
+    copy_clip(release, 0, folder / "a.mp3")
+    wav = load_audio(release / "clips" / good_path(1), 22_050)
+    write_wav(folder / "a.wav", wav.samples, 22_050)
+    copy_clip(release, 2, folder / "a-2.mp3")  # a real "a-2": the renamed "a.wav" must not take its id
+    result = build_dataset(options(folder, tmp_path, source="folder", splits=("all",), name="dupes"))
+    rows = rows_by_path(result)
+    assert {p: r.id for p, r in rows.items()} == {"a-2.mp3": "a-2", "a.mp3": "a", "a.wav": "a-3"}
+    digests = {hashlib.sha256((result.folder / r.audio).read_bytes()).hexdigest() for r in rows.values()}
+    assert len(digests) == 3  # three clips, three WAVs: none replaced another
+    rep = report(result)
+    assert rep["renamed_ids"] == [{"id": "a-3", "original_id": "a", "source_path": "a.wav", "split": "all"}]
+    assert "| a-3 | a | all | a.wav |" in (result.folder / REPORT_MD).read_text(encoding="utf-8")
+    assert result.info["counts"]["renamed_ids"] == 1
+
+
+def test_streamed_duplicate_ids_stay_distinct(release: Path, tmp_path: Path) -> None:
+    def row(path: str, i: int) -> dict[str, Any]:
+        return {"path": path, "audio": {"bytes": (release / "clips" / good_path(i)).read_bytes(), "path": path}}
+
+    # Streamed rows: a.flac's id is also "a" (mp3 bytes: soundfile sniffs the container), a.mp3 comes twice.
+    rows = [row("x/a.mp3", 0), row("y/a.flac", 1), row("z/a.mp3", 0)]
+    result = build_dataset(hf_options(tmp_path), loader=lambda *a, **kw: rows)
+    ids = {r.source_path: r.id for r in read_manifest(result.folder / MANIFEST_NAME)}
+    assert ids == {"a.mp3": "a", "a.flac": "a-2"}  # the repeated a.mp3 row is the same clip: kept once
+    assert [r.id for r in result.report.renamed] == ["a-2"]
+
+
+def test_long_named_nested_files_get_ids_that_fit(release: Path, tmp_path: Path) -> None:
+    # 200-character folder, 100-character file names (each legal): the joined id was over 255 bytes.
+    folder = tmp_path / "long"
+    names = [f"{'d' * 200}/{'f' * 95}{k}.mp3" for k in range(2)]
+    for k, name in enumerate(names):
+        copy_clip(release, k, folder / name)
+    result = build_dataset(options(folder, tmp_path, source="folder", splits=("all",), name="long"))
+    rows = rows_by_path(result)
+    assert set(rows) == set(names) and report(result)["rejected"] == 0
+    ids = [r.id for r in rows.values()]
+    assert len(set(ids)) == 2
+    for row in rows.values():
+        assert is_safe_id(row.id) and len(row.id.encode()) <= ID_MAX_BYTES
+        assert (result.folder / row.audio).is_file()
+
+
+def test_every_entry_named_like_audio_is_reported_with_what_it_is(release: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    copy_clip(release, 0, folder / "ok.mp3")
+    copy_clip(release, 1, folder / "folder.wav" / "inside.mp3")  # a folder named like audio, with audio in it
+    os.mkfifo(folder / "pipe.wav")  # must not block the ingest
+    (folder / "dangling.wav").symlink_to(folder / "gone.wav")
+    (folder / "notes.mp3").write_text("Lista de la compra: pan, leche\n" * 10, encoding="utf-8")
+    lying_flac(folder / "fast.flac", 655_350, 1, 16_000)
+    start = time.monotonic()
+    result = build_dataset(options(folder, tmp_path, source="folder", splits=("all",), name="odd"))
+    assert time.monotonic() - start < 60
+    assert set(rows_by_path(result)) == {"ok.mp3", "folder.wav/inside.mp3"}
+    rep = report(result)
+    got = {r["source_path"]: (r["reason"], r["detail"]) for r in rep["rejections"]}
+    assert {p: reason for p, (reason, _) in got.items()} == {
+        "folder.wav": "not_a_file",
+        "pipe.wav": "not_a_file",
+        "dangling.wav": "missing_file",
+        "notes.mp3": "corrupt",
+        "fast.flac": "too_large",
+    }
+    assert "is a directory" in got["folder.wav"][1]
+    assert "FIFO" in got["pipe.wav"][1]
+    assert "dangling symlink" in got["dangling.wav"][1]
+    assert "not decodable audio: it is a text file" in got["notes.mp3"][1]
+    assert "possibly a pipe" not in got["notes.mp3"][1]
+    assert "655350 Hz" in got["fast.flac"][1]
+    assert rep["selected"] == rep["accepted"] + rep["rejected"] == 7
+    assert str(tmp_path) not in (result.folder / REPORT_JSON).read_text(encoding="utf-8")
+
+
+def test_non_utf8_text_files_are_named(release: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "latin1"
+    copy_clip(release, 0, folder / "uno.mp3")
+    tsv = folder / "transcripts.tsv"
+    tsv.write_bytes("path\tsentence\nuno.mp3\tma\u00f1ana\n".encode("latin-1"))
+    with pytest.raises(SourceError, match=rf"{tsv} is not UTF-8 text \(line 2: byte 0xf1\)"):
+        build_dataset(options(folder, tmp_path, source="folder", splits=("all",), name="l1"))
+    tsv.unlink()
+    sidecar = folder / "uno.txt"
+    sidecar.write_bytes("ma\u00f1ana".encode("latin-1"))
+    with pytest.raises(SourceError, match=rf"{sidecar} is not UTF-8"):
+        build_dataset(options(folder, tmp_path, source="folder", splits=("all",), name="l1"))
+    covost = tmp_path / "covost.tsv"
+    covost.write_bytes("path\tsentence\ttranslation\nx.mp3\tma\u00f1ana\tmorning\n".encode("latin-1"))
+    with pytest.raises(SourceError, match=rf"{covost} is not UTF-8"):
+        build_dataset(options(release, tmp_path, covost=covost))

@@ -22,6 +22,8 @@ import matplotlib.image
 import pytest
 
 from clearml_pipeline.evaluation import (
+    QUALITY_KEYS,
+    ZH_TOKENIZE,
     EvaluationOptions,
     Transcriber,
     add_evaluate_arguments,
@@ -33,12 +35,15 @@ from clearml_pipeline.evaluation import (
     evaluate_run,
     format_report,
     latency_percentiles,
+    normalize_asr_zh,
     normalize_zh,
     translation_scores,
     wer,
+    zh_scores,
 )
-from clearml_pipeline.results import read_results
+from clearml_pipeline.evaluation.quality import quality_summary, score_asr_translation, score_zh_translation
 from data_prep.manifest import ManifestRow, write_manifest
+from steps.results import ItemResult, read_results
 from tests.speech import SPANISH_SENTENCES, speak, tone
 
 REFERENCE_EN = "Hello, how are you? The weather is nice today."
@@ -47,16 +52,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def make_fixture_run(out: Path, inputs: Path, batch_size: int = 4) -> Path:
     """Run the pipeline in this process (the inprocess runtime) with fixture models over `inputs`; returns `out`."""
-    from clearml_pipeline.config import RunConfig
-    from clearml_pipeline.runner import LocalRunner, discover_inputs
-    from registry.model_sets import apply_model_set
+    from clearml_pipeline.inputs import discover_inputs
+    from clearml_pipeline.runner import InProcessRuntime
+    from tests.configs import fixture_config
 
-    config = RunConfig()
-    config.runner.models, config.runner.batch_size = "fixtures", batch_size
-    apply_model_set(config)  # finds the session's fixtures through S2ST_FIXTURES_DIR (set by fixture_caches)
-    config.speech_translation.max_new_tokens = config.machine_translation.max_new_tokens = 8
-    config.speech_synthesis.maxlenratio = 4.0
-    summary = LocalRunner(config).run(discover_inputs(inputs), out)
+    config = fixture_config(
+        {
+            "runner": {"batch_size": batch_size},
+            "speech_translation": {"max_new_tokens": 8},
+            "machine_translation": {"max_new_tokens": 8},
+            "speech_synthesis": {"maxlenratio": 4.0},
+        }
+    )
+    summary = InProcessRuntime(config).run(discover_inputs(inputs), out)
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
     return out
 
@@ -106,10 +114,11 @@ def test_latency_percentiles_per_stage_and_end_to_end_over_finished_items() -> N
     ]
     rows.append({"status": "error", "latency_s": {"input": 0.1, "speech_translation": 100.0, "total": 100.1}})
     found = latency_percentiles(rows)
-    # numpy's linear interpolation over 1..5: rank 0.9 * 4 = 3.6 -> 4.6; 0.99 * 4 = 3.96 -> 4.96
-    assert found["total"] == pytest.approx({"p50": 3.0, "p90": 4.6, "p99": 4.96})  # the failed row is left out
+    # numpy's linear interpolation over 1..5: rank 0.9 * 4 = 3.6 -> 4.6; 0.95 * 4 = 3.8 -> 4.8; 0.99 * 4 -> 4.96.
+    # The failed row is left out.
+    assert found["total"] == pytest.approx({"p50": 3.0, "p90": 4.6, "p95": 4.8, "p99": 4.96})
     assert found["speech_translation"]["p50"] == pytest.approx(3.5)  # a stage counts every row that reached it
-    assert found["machine_translation"] == {"p50": None, "p90": None, "p99": None}
+    assert found["machine_translation"] == {"p50": None, "p90": None, "p95": None, "p99": None}
     assert "end_to_end" not in found
 
 
@@ -127,6 +136,111 @@ def test_the_fixture_whisper_knows_chinese_transcription(fixture_caches: Any) ->
     stage = Transcriber(EvaluationOptions(asr_model_cache=str(fixture_caches.hf_hub_cache)), {}).load()
     tokens = stage.processor.tokenizer.convert_ids_to_tokens(stage.decoder_prefix())
     assert tokens == ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
+
+
+# ---------------------------------------------------------------------------------------------- Mandarin
+
+
+def test_char_bleu_and_chrf_of_chinese_match_hand_computed_scores() -> None:
+    perfect = zh_scores(["今天天气很好。"], ["今天天气很好。"])
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
+    partial = zh_scores(["今天天气很好"], ["今天天气不好"])
+    # Characters as tokens: 1..4-gram matches 5/6, 3/5, 2/4, 1/3; equal lengths (BP 1).
+    assert partial["bleu"] == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)  # 53.73
+    # chrF: P = R at every order (equal lengths), orders 1..6 match 5/6, 3/5, 2/4, 1/3, 0/2, 0/1: F = their mean.
+    assert partial["chrf"] == pytest.approx(100 * (5 / 6 + 3 / 5 + 2 / 4 + 1 / 3) / 6)  # 37.78
+    assert "tok:char" in partial["bleu_signature"] and partial["chrf_signature"].startswith("nrefs:1|")
+
+
+def test_the_char_tokenizer_is_the_choice_and_13a_would_score_chinese_zero() -> None:
+    assert ZH_TOKENIZE == "char"
+    # 13a splits on spaces and punctuation: an unsegmented Chinese sentence is one token, so one wrong character
+    # makes the whole sentence a miss.
+    assert translation_scores(["今天天气很好"], ["今天天气不好"])["bleu"] == pytest.approx(0.0)
+    # char (unlike sacrebleu's "zh") splits Latin words too: a one-letter slip costs one character, not a word.
+    # 1..4-gram matches 7/8, 5/7, 3/6, 2/5.
+    assert zh_scores(["他在NASB工作"], ["他在NASA工作"])["bleu"] == pytest.approx(100 * 0.125**0.25)  # 59.46
+
+
+def test_asr_normalization_folds_script_numbers_punctuation_and_case() -> None:
+    assert normalize_asr_zh("這座城市有300個公園。") == "这座城市有三百个公园"
+    assert normalize_asr_zh("佔2,000公頃的50%！") == "占二千公顷的百分之五十"
+    assert normalize_asr_zh("ＮＡＳＡ，3.5公里") == "nasa 三点五公里"  # full-width forms, decimals
+    assert normalize_asr_zh(" 。！") == ""
+
+
+def _item(row: ItemResult, asr_zh: str | None, reason: str | None) -> dict[str, Any]:
+    return {"id": row.id, "asr_zh": asr_zh, "intelligibility_reason": reason}
+
+
+def test_zh_and_asr_bleu_score_every_item_or_say_why() -> None:
+    rows = [
+        ItemResult("a", "a.wav", zh_text="这座城市有300个公园。", zh_audio="audio/a.wav"),
+        ItemResult("b", "b.wav", zh_text="今天天气很好", zh_audio="audio/b.wav"),
+        ItemResult("c", "c.wav", no_speech=True, en_text="", zh_text=""),
+        ItemResult("d", "d.wav", status="error", stage="speech_translation", error="boom"),
+        ItemResult("e", "e.wav", zh_text="多余", zh_audio="audio/e.wav"),  # no reference_zh
+        ItemResult("f", "f.wav", zh_text="不在", zh_audio="audio/f.wav"),  # not in the manifest
+        ItemResult("g", "g.wav", zh_text="失败", zh_audio="audio/g.wav"),  # Whisper failed on its audio
+    ]
+    refs = {
+        "a": ManifestRow("a", "audio/a.wav", 1.0, "x", "test", "a.wav", reference_zh="这座城市有300个公园。"),
+        "b": ManifestRow("b", "audio/b.wav", 1.0, "x", "test", "b.wav", reference_zh="今天天气不好"),
+        "c": ManifestRow("c", "audio/c.wav", 1.0, "x", "test", "c.wav", reference_zh="安静"),
+        "d": ManifestRow("d", "audio/d.wav", 1.0, "x", "test", "d.wav", reference_zh="失败了"),
+        "e": ManifestRow("e", "audio/e.wav", 1.0, "x", "dev", "e.wav"),
+        "g": ManifestRow("g", "audio/g.wav", 1.0, "x", "test", "g.wav", reference_zh="失败"),
+    }
+    heard = {"a": "這座城市有三百個公園", "b": "今天天氣很好", "e": "多余", "f": "不在", "g": None}
+    items = [_item(r, heard.get(r.id), "failed at speech_translation" if r.status == "error" else None) for r in rows]
+    items[2]["intelligibility_reason"] = "no speech in input"
+    items[6]["intelligibility_reason"] = "ASR failed"
+
+    zh = score_zh_translation(rows, refs, items, has_manifest=True)
+    assert {i["id"]: i["zh_translation_reason"] for i in items} == {
+        "a": None, "b": None, "c": None, "d": "failed at speech_translation",
+        "e": "no reference_zh in manifest", "f": "not in manifest", "g": None,
+    }  # fmt: skip
+    assert zh["scored_items"] == 4 and zh["reason"] is None
+    expected = zh_scores(
+        ["这座城市有300个公园。", "今天天气很好", "", "失败"], ["这座城市有300个公园。", "今天天气不好", "安静", "失败"]
+    )
+    assert zh["bleu"] == pytest.approx(expected["bleu"]) and zh["chrf"] == pytest.approx(expected["chrf"])
+
+    asr = {"model_id": "openai/whisper-large", "num_beams": 1, "temperature": 0.0}
+    block = score_asr_translation(rows, refs, items, True, asr)
+    assert {i["id"]: i["asr_translation_reason"] for i in items} == {
+        "a": None, "b": None, "c": None, "d": "failed at speech_translation",
+        "e": "no reference_zh in manifest", "f": "not in manifest", "g": "ASR failed",
+    }  # fmt: skip
+    # After folding, item a is a perfect match (三百 = 300, traditional = simplified) and b is the partial case
+    # above; c (silence in, nothing out) is scored as an empty transcript against its reference.
+    assert items[0]["asr_zh_normalized"] == normalize_asr_zh(refs["a"].reference_zh or "")
+    hyps = ["这座城市有三百个公园", "今天天气很好", ""]
+    golds = ["这座城市有三百个公园", "今天天气不好", "安静"]
+    assert block["bleu"] == pytest.approx(zh_scores(hyps, golds)["bleu"])
+    assert block["scored_items"] == 3 and block["not_scored"] == {
+        "failed at speech_translation": 1, "no reference_zh in manifest": 1, "not in manifest": 1, "ASR failed": 1
+    }  # fmt: skip
+    assert "asr:openai/whisper-large" in block["bleu_signature"] and "tok:char" in block["bleu_signature"]
+    perfect = score_asr_translation(rows[:1], refs, items[:1], True, asr)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
+
+    en = {"bleu": 1.0, "chrf": 2.0, "bleu_signature": "s", "chrf_signature": "t", "scored_items": 2}
+    metrics = {"counts": {"items": 7}, "zh_translation": zh, "asr_translation": block, "translation": en,
+               "intelligibility": {"cer": 0.5, "scored_items": 5}}  # fmt: skip
+    quality = quality_summary(metrics, refs, None)
+    assert quality["split"] == "dev,test" and quality["dataset"] is None and quality["items"] == 7
+    assert quality["zh_bleu"] == zh["bleu"] and quality["asr_chrf"] == block["chrf"] and quality["en_bleu"] == 1.0
+    assert quality["signatures"]["asr_bleu"] == block["bleu_signature"] and quality["signatures"]["cer"] is None
+
+
+def test_without_a_manifest_mandarin_metrics_are_null_with_a_reason() -> None:
+    rows = [ItemResult("a", "a.wav", zh_text="你好")]
+    items = [_item(rows[0], "你好", None)]
+    zh = score_zh_translation(rows, {}, items, has_manifest=False)
+    assert zh["bleu"] is None and zh["reason"] == "no manifest given (--manifest)"
+    assert zh["not_scored"] == {"no manifest": 1} and zh["bleu_signature"] is None
 
 
 # ---------------------------------------------------------------------------------------------- a fixture run
@@ -171,11 +285,15 @@ def test_metrics_json_has_the_stable_keys(run: dict[str, Any]) -> None:
         "speech_synthesis",
         "total",
     }
-    assert all(set(q) == {"p50", "p90", "p99"} for q in metrics["latency_s"].values())
+    assert all(set(q) == {"p50", "p90", "p95", "p99"} for q in metrics["latency_s"].values())
     assert metrics["counts"] == {"items": 4, "ok": 3, "error": 1, "no_speech": 1, "errors_by_stage": {"input": 1}}
     assert metrics["dataset"]["matched_items"] == 3 and metrics["dataset"]["manifest_rows"] == 4
     assert metrics["fixture_models"] is True and metrics["asr"]["model_id"] == "openai/whisper-large"
     assert metrics["asr"]["max_new_tokens"] == 8
+    assert {key for key, *_ in QUALITY_KEYS} <= set(metrics["quality"])
+    assert metrics["quality"]["zh_bleu"] is None and metrics["zh_translation"]["not_scored"] == {
+        "no reference_zh in manifest": 2, "not in manifest": 1, "failed at input": 1
+    }  # fmt: skip
 
 
 def test_every_item_is_scored_or_has_a_reason(run: dict[str, Any]) -> None:
@@ -320,7 +438,7 @@ def test_the_clearml_offline_session_holds_the_stable_scalar_names(run: dict[str
     assert scalars[("quality", "chrf")] == pytest.approx(metrics["translation"]["chrf"])
     assert scalars[("quality", "cer")] == pytest.approx(metrics["intelligibility"]["cer"])
     assert scalars[("quality", "spanish_wer")] == pytest.approx(metrics["spanish_wer"]["wer"])
-    for q in ("p50", "p90", "p99"):
+    for q in ("p50", "p90", "p95", "p99"):
         for stage in ("speech_translation", "machine_translation", "speech_synthesis", "total"):
             assert scalars[(f"latency {q} (s)", stage)] == pytest.approx(metrics["latency_s"][stage][q])
     assert scalars[("throughput", "items_per_s")] == pytest.approx(metrics["throughput"]["items_per_s"])

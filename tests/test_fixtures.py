@@ -19,7 +19,7 @@ import pytest
 
 import registry.fixtures as fx
 from registry.fixtures import FixtureCaches, build_fixtures, fixture_env
-from registry.fixtures._files import sha256_file
+from resources.weights import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 TTS_TEXT = "卡尔普陪外孙玩滑梯"
@@ -77,7 +77,7 @@ result["marian_texts"] = mt_tok.batch_decode(out, skip_special_tokens=True)
 TTS_PROBE = f"""
 import sys
 import torch
-from steps.compat import patch_scipy_kaiser
+from resources.compat import patch_scipy_kaiser
 patch_scipy_kaiser()
 from espnet2.bin.tts_inference import Text2Speech
 from espnet_model_zoo.downloader import ModelDownloader

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from clearml_pipeline.pipeline import PipelineConfig
+from clearml_pipeline.config import PipelineConfig
 from registry.catalog import LocalRegistry, ModelRecord, folder_hash
-from registry.hub import ModelUnavailableError
 from registry.refs import resolve_sections
+from resources.weights import ModelUnavailableError
 from tests.cli import python_m
 
 
@@ -74,17 +74,17 @@ def test_refs_in_run_options_resolve_to_local_copies(tmp_path: Path) -> None:
                            folder_hash(model))
     )
     assert not reused
-    config = PipelineConfig()
-    config.run.machine_translation.model = "registry:tiny-mt"
+    config = PipelineConfig().updated({"machine_translation": {"model": "registry:tiny-mt"}})
     hub_id = config.run.speech_translation.model
-    resolved = resolve_sections({"machine_translation": config.run.machine_translation,
-                                 "speech_translation": config.run.speech_translation}, registry)
+    changes, resolved = resolve_sections({"machine_translation": config.run.machine_translation,
+                                          "speech_translation": config.run.speech_translation}, registry)
+    config = config.updated(changes)
     path = Path(config.run.machine_translation.model)
     assert path.parent.parent == registry.root and (path / "weights.bin").read_bytes() == b"\x01" * 64
     assert config.run.speech_translation.model == hub_id  # hub ids pass through untouched
     assert resolved == {"machine_translation.model": {
         "ref": "registry:tiny-mt", "id": record.id, "content_hash": record.content_hash, "source": str(model),
         "revision": "local", "path": str(path)}}
-    config.run.machine_translation.model = "registry:nope"
+    config = PipelineConfig().updated({"machine_translation": {"model": "registry:nope"}})
     with pytest.raises(ModelUnavailableError, match=re.escape("machine_translation.model: 'registry:nope'")):
         resolve_sections({"machine_translation": config.run.machine_translation}, registry)

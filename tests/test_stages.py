@@ -9,23 +9,18 @@ import numpy as np
 import pytest
 
 from clearml_pipeline.config import RunConfig
-from registry.model_sets import apply_model_set
-from steps.audio import Audio, load_audio
+from resources.audio import Audio, load_audio
 from steps.base import ItemError, ModelInfo, Stage
 from steps.machine_translation import MarianTranslator
 from steps.speech_synthesis import EspnetSynthesizer
 from steps.speech_translation import WhisperTranslator
+from tests.configs import fixture_config
 from tests.speech import speak, tone
 
 
 @pytest.fixture(scope="module")
 def config(fixture_caches: object) -> RunConfig:
-    config = RunConfig()
-    config.runner.models = "fixtures"
-    apply_model_set(config)
-    config.speech_translation.max_new_tokens = 12
-    config.machine_translation.max_new_tokens = 12
-    return config
+    return fixture_config({"speech_translation": {"max_new_tokens": 12}, "machine_translation": {"max_new_tokens": 12}})
 
 
 @pytest.fixture(scope="module")

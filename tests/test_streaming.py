@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clearml_pipeline.config import RunConfig
-from clearml_pipeline.results import ItemResult
-from clearml_pipeline.stages import STAGES, StepContext
-from clearml_pipeline.streaming import (
-    StreamingOptions,
-    StreamingRunner,
-    auto_replicas,
-    parse_ratio,
-    plan,
-    thread_budget,
-)
-from registry.model_sets import apply_model_set
+from clearml_pipeline.replicas import StreamingOptions, auto_replicas, parse_ratio, plan, thread_budget
+from clearml_pipeline.streaming import StreamingRunner
+from steps.results import ItemResult
+from steps.stages import STAGES, StepContext
+from tests.configs import fixture_config
 from tests.speech import SPANISH_SENTENCES, speak, tone
 
 NAMES = [spec.name for spec in STAGES]
@@ -46,19 +42,21 @@ def test_ratios_threads_and_auto_replicas() -> None:
     costs = {"speech_translation": 0.1, "machine_translation": 0.1, "speech_synthesis": 0.8}
     assert auto_replicas(costs, cpu, 10) == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 8}
     assert auto_replicas(costs, gpu, 8)["speech_synthesis"] == 8
-    replicas, threads = plan(StreamingOptions(replicas="auto"), cpu, 10, lambda: costs)
+    replicas, threads, why = plan(StreamingOptions(replicas="auto"), cpu, 10, lambda: costs)
     assert replicas["speech_synthesis"] == 8 and threads == dict.fromkeys(NAMES, 1)
+    assert why.startswith("auto: 10 cores") and "speech_synthesis 0.800" in why  # the summary says why
+    assert plan(StreamingOptions(replicas="1:1:2"), cpu, 10, lambda: costs)[2] == "given: --replicas 1:1:2"
 
 
 @pytest.fixture(scope="module")
 def config(fixture_caches: Any) -> RunConfig:
-    config = RunConfig()
-    config.runner.models = "fixtures"
-    apply_model_set(config)
-    config.speech_translation.max_new_tokens = 8
-    config.machine_translation.max_new_tokens = 8
-    config.speech_synthesis.maxlenratio = 4.0
-    return config
+    return fixture_config(
+        {
+            "speech_translation": {"max_new_tokens": 8},
+            "machine_translation": {"max_new_tokens": 8},
+            "speech_synthesis": {"maxlenratio": 4.0},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +238,134 @@ def test_ctrl_c_ends_the_run_cleanly_with_every_row_written(clips: list[Path], t
     assert any(r["status"] == "ok" for r in rows)
     assert any(r["stage"] == "interrupted" for r in rows)
     assert workers and not [pid for pid in workers if _alive(pid)]
+
+
+# -- the router's faults (issue 12, item 4): machine translation alone, on text rows, to keep them quick ---------
+
+MT = next(spec for spec in STAGES if spec.name == "machine_translation")
+
+
+def text_rows(n: int) -> list[ItemResult]:
+    return [ItemResult(f"t{k}", "", en_text=f"Hello number {k}, how are you today?") for k in range(n)]
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """A router that hangs fails the test (TimeoutError out of run()) instead of hanging it."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"the run did not end within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def mt_runner(cls: type[StreamingRunner], config: RunConfig, options: StreamingOptions, out: Path) -> Any:
+    small = config.updated({"runner": {"batch_size": 2}})
+    one = {"machine_translation": 1}
+    return cls(small, options, StepContext(out, 60.0), one, one, stages=[MT])
+
+
+def run_to_the_end(runner: StreamingRunner, rows: list[ItemResult], seconds: int = 420) -> list[ItemResult]:
+    try:
+        with time_limit(seconds):
+            runner.start()
+            return runner.run(rows)
+    finally:
+        runner.close()
+
+
+class KillTheReplacementWarmingUp(StreamingRunner):
+    """SIGKILLs the first worker once it holds rows, then its replacement while that one loads its model."""
+
+    victims: list[int]
+
+    def _dispatch(self, pending: Any) -> None:
+        super()._dispatch(pending)
+        self.victims = getattr(self, "victims", [])
+        for worker in self.workers.values():
+            if not self.victims and worker.held:
+                os.kill(worker.process.pid, signal.SIGKILL)
+                self.victims.append(worker.process.pid)
+
+    def _spawn(self, spec: Any) -> Any:
+        worker = super()._spawn(spec)
+        if len(getattr(self, "victims", [])) == 1:
+            time.sleep(3)  # well into its start-up: importing torch, loading the model
+            assert not worker.ready
+            os.kill(worker.process.pid, signal.SIGKILL)
+            self.victims.append(worker.process.pid)
+        return worker
+
+
+def test_a_replacement_that_dies_warming_up_is_replaced_and_its_rows_retried(config: RunConfig, tmp_path: Path) -> None:
+    runner = mt_runner(KillTheReplacementWarmingUp, config, StreamingOptions(retries=1, max_wait_ms=5), tmp_path)
+    rows = text_rows(6)
+    done = run_to_the_end(runner, rows)
+    assert len(runner.victims) == 2 and runner.stats.restarts == 2  # the worker and its dead replacement
+    assert [r.id for r in done] == [r.id for r in rows]
+    assert all(r.ok and r.zh_text for r in done), [r.error for r in done]  # a third worker did them all
+
+
+class BreakTheReplacement(StreamingRunner):
+    """SIGKILLs the first worker after it finished some rows, and gives its replacement a model that is not there."""
+
+    killed = False
+
+    def _receive(self, timeout: float) -> Any:
+        finished = super()._receive(timeout)
+        self.delivered = getattr(self, "delivered", 0) + len(finished)
+        return finished
+
+    def _dispatch(self, pending: Any) -> None:
+        super()._dispatch(pending)
+        for worker in self.workers.values():
+            if not self.killed and getattr(self, "delivered", 0) >= 2 and worker.held:
+                self.config = self.config.updated({"machine_translation": {"model": str(Path("/nonexistent/m"))}})
+                os.kill(worker.process.pid, signal.SIGKILL)
+                self.killed = True
+
+
+def test_a_replacement_that_cannot_start_keeps_the_finished_rows(config: RunConfig, tmp_path: Path) -> None:
+    runner = mt_runner(BreakTheReplacement, config, StreamingOptions(retries=0, max_wait_ms=5), tmp_path)
+    rows = text_rows(10)
+    done = run_to_the_end(runner, rows)
+    assert runner.killed and [r.id for r in done] == [r.id for r in rows]  # every row, in order
+    finished = [r for r in done if r.ok]
+    assert len(finished) >= 2 and all(r.zh_text for r in finished)  # what was done is kept
+    failed = [r for r in done if not r.ok]
+    assert failed and all(r.stage == "machine_translation" for r in failed)
+    assert all("worker process died" in r.error or "could be started" in r.error for r in failed)
+    not_started = [r for r in failed if "no machine_translation worker could be started" in r.error]
+    assert not_started and all("/nonexistent/m" in r.error for r in not_started)  # saying why
+
+
+class StopOnce(StreamingRunner):
+    """SIGSTOPs the first worker once it holds rows: alive, holding them, never delivering."""
+
+    stopped = 0
+
+    def _dispatch(self, pending: Any) -> None:
+        super()._dispatch(pending)
+        for worker in self.workers.values():
+            if not self.stopped and worker.held:
+                os.kill(worker.process.pid, signal.SIGSTOP)
+                self.stopped = worker.process.pid
+
+
+def test_a_stopped_worker_is_killed_at_the_row_deadline_and_its_rows_retried(
+    config: RunConfig, tmp_path: Path
+) -> None:
+    options = StreamingOptions(retries=1, max_wait_ms=5, row_timeout_s=3)
+    runner = mt_runner(StopOnce, config, options, tmp_path)
+    rows = text_rows(6)
+    done = run_to_the_end(runner, rows)
+    assert runner.stopped and runner.stats.timeouts == 1 and runner.stats.restarts == 1
+    assert not _alive(runner.stopped)  # killed, not left stopped
+    assert [r.id for r in done] == [r.id for r in rows]
+    assert all(r.ok and r.zh_text for r in done), [r.error for r in done]

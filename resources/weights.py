@@ -7,6 +7,7 @@ in seconds with a message that says how to supply the model, not hang in retries
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -15,6 +16,10 @@ from urllib.parse import urlparse
 
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
+
+from resources.compat import patch_scipy_kaiser
+
+GRIFFIN_LIM = "griffin_lim"  # the vocoder option that needs no weights
 
 # Formats we never load; skipping them keeps a first download to the weights transformers actually reads.
 IGNORE_PATTERNS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "*.mlmodel", "coreml/*", "*.gguf"]
@@ -92,3 +97,36 @@ def resolve_hf_model(
     except Exception as exc:
         raise ModelUnavailableError(f"could not download model {model_id!r}: {exc}. {how_to_supply(model_id)}") from exc
     return LocalModel(model_id, Path(path).name, Path(path))
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256 hex digest, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_vocoder(vocoder: str, cache_dir: Path, probe_timeout_s: float = 5.0) -> LocalModel | None:
+    """A parallel_wavegan zoo tag -> its cached checkpoint; Griffin-Lim -> None."""
+    if vocoder == GRIFFIN_LIM:
+        return None
+    if Path(vocoder).expanduser().is_file():
+        path = Path(vocoder).expanduser().resolve()
+        return LocalModel(vocoder, "sha256:" + sha256_file(path)[:16], path)
+    if not vocoder.startswith("parallel_wavegan/"):
+        raise ValueError(f"vocoder must be 'parallel_wavegan/<tag>', a checkpoint path or {GRIFFIN_LIM!r}: {vocoder!r}")
+    patch_scipy_kaiser()
+    from parallel_wavegan.utils import download_pretrained_model
+
+    tag = vocoder.removeprefix("parallel_wavegan/")
+    if not (cache_dir / f"{tag}.tar.gz").exists() and not reachable("drive.google.com", probe_timeout_s):
+        raise ModelUnavailableError(
+            f"vocoder {vocoder!r} is not in the parallel_wavegan cache ({cache_dir}) and Google Drive cannot be "
+            f'reached. To supply it: run `python -c "from parallel_wavegan.utils import download_pretrained_model; '
+            f"download_pretrained_model('{tag}')\"` on a connected machine and copy ~/.cache/parallel_wavegan, or "
+            f"use --tts-vocoder {GRIFFIN_LIM}, or --models fixtures."
+        )
+    path = Path(download_pretrained_model(tag, download_dir=str(cache_dir)))
+    return LocalModel(vocoder, "sha256:" + sha256_file(path)[:16], path)

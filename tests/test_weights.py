@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from registry import hub
+from resources import weights as hub
 from tests.speech import speak
 
 CLOSED_PORT = "http://127.0.0.1:9"  # discard port: nothing listens, the connection is refused at once

@@ -1,0 +1,238 @@
+"""bench-tts: the speech synthesis stage alone, on the same Chinese texts, at each TTS batch size.
+
+python -m clearml_pipeline bench-tts --models fixtures-full --batch-sizes 1,8 --requests 16 --output OUT
+
+One loaded stage (EspnetSynthesizer) synthesizes `--requests` texts (registry.fixtures.corpus.CHINESE, cycled)
+in calls of `--items-per-call` items, once per batch size after a warm-up call; OUT/bench_tts.json has, per
+batch size, items_per_s, rtf (synthesis seconds / audio seconds) and audio_seconds, plus max_abs_diff: the
+largest difference between the batched mels and ESPnet's own one-at-a-time Text2Speech mels with the prenet's
+inference dropout off (and max_abs_diff_wave for the vocoder on the same mels).
+
+Fixture model sets use the fixture caches when a complete build is there; otherwise they build only the two
+TTS fixtures (never whisper-large), under ~/.cache/s2st/tts-fixtures(-full), or $S2ST_TTS_FIXTURES_DIR.
+Their stop token never fires, so every piece decodes exactly `--frames-per-phone` x (phones + 1) frames
+(maxlenratio): random weights then cost what real speech costs (CSMSC speech: about 10 frames of 12.5 ms
+per phone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+FRAMES_PER_PHONE = 10.0
+TTS_ONLY_MARKER = "tts_fixtures.json"
+
+
+def tts_fixture_root(full: bool) -> Path:
+    base = os.environ.get("S2ST_TTS_FIXTURES_DIR", "~/.cache/s2st/tts-fixtures")
+    return Path(base + ("-full" if full else "")).expanduser()
+
+
+def tts_fixture_caches(root: Path, full: bool) -> Any:
+    """The Tacotron2 and HiFiGAN fixtures alone (tiny or full-size), built once under `root` (a file lock;
+    the marker, written last, records the builder code and library versions like build_fixtures' own)."""
+    import shutil
+
+    from filelock import FileLock
+
+    from registry.fixtures import (
+        ESPNET_TTS_ID,
+        NLTK_PLACEHOLDERS,
+        caches_under,
+        espnet_tts,
+        marker_content,
+        quiet_build,
+        vocoder,
+    )
+    from registry.fixtures._files import seed_hf_repo, write_empty_zip
+
+    caches = caches_under(root)
+    caches.root.mkdir(parents=True, exist_ok=True)
+    marker = caches.root / TTS_ONLY_MARKER
+    with FileLock(str(caches.root / ".lock")):
+        expected = marker_content(caches, full)
+        try:
+            if json.loads(marker.read_text()) == expected:
+                return caches
+        except (OSError, ValueError):
+            pass
+        marker.unlink(missing_ok=True)
+        staging = caches.root / ".staging"
+        for path in (caches.espnet_cache, caches.vocoder_cache, caches.nltk_data, staging):
+            shutil.rmtree(path, ignore_errors=True)
+        for name in NLTK_PLACEHOLDERS:
+            write_empty_zip(caches.nltk_data / name)
+        with quiet_build(caches):
+            espnet_tts.build(staging / "espnet", scratch=staging / "espnet_recipe", full=full)
+            seed_hf_repo(caches.espnet_cache, ESPNET_TTS_ID, staging / "espnet")
+            vocoder.build(caches.vocoder_cache, full=full)
+        shutil.rmtree(staging)
+        marker.write_text(json.dumps(expected, indent=2) + "\n")
+    return caches
+
+
+def stage_options(models: str, frames_per_phone: float, model: str | None, vocoder: str | None) -> Any:
+    from steps.speech_synthesis import SpeechSynthesisOptions
+
+    options = SpeechSynthesisOptions()
+    if models != "hub":
+        from registry.fixtures import caches_under, is_complete
+        from registry.model_sets import fixtures_root
+
+        full = models == "fixtures-full"
+        caches = caches_under(fixtures_root(full))  # a complete build of the whole set serves as it is
+        if not is_complete(caches, full):
+            caches = tts_fixture_caches(tts_fixture_root(full), full)
+        os.environ.setdefault("NLTK_DATA", str(caches.nltk_data))  # g2p_en's import-time nltk.download
+        options = replace(
+            options,
+            model_cache=str(caches.espnet_cache),
+            vocoder_cache=str(caches.vocoder_cache),
+            maxlenratio=frames_per_phone,
+        )
+    changes = {key: value for key, value in (("model", model), ("vocoder", vocoder)) if value}
+    return replace(options, **changes)
+
+
+def equivalence(stage: Any, texts: list[str]) -> tuple[float, float]:
+    """Largest |batched - ESPnet one-at-a-time| over every frame of the mels (prenet dropout off) and over
+    every sample of the waves vocoded from the same mels."""
+    import torch
+
+    from steps.speech_synthesis import denormalized
+    from steps.tacotron_batch import prenet_dropout, tacotron2_inference, vocode
+
+    t2s, opts = stage.tts, stage.options
+    pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
+    ids = [torch.as_tensor(t2s.preprocess_fn("<dummy>", {"text": p})["text"]).long() for p in pieces]
+    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
+        batched = tacotron2_inference(t2s.tts, ids, opts.threshold, opts.minlenratio, opts.maxlenratio)
+        single = [t2s(p)["feat_gen"] for p in pieces]
+        mel_diff = max(_diff(b.feat_gen, s) for b, s in zip(batched, single, strict=True))
+        feats = [denormalized(t2s.model, s) for s in single]
+        waves = vocode(t2s.vocoder, feats)
+        wave_diff = max(_diff(w, t2s.vocoder(f).view(-1)) for w, f in zip(waves, feats, strict=True))
+    return mel_diff, wave_diff
+
+
+def _diff(a: Any, b: Any) -> float:
+    return float("inf") if a.shape != b.shape else float((a - b).abs().max())
+
+
+def measure(stage: Any, texts: list[str], items_per_call: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    results = [r for at in range(0, len(texts), items_per_call) for r in stage.run(texts[at : at + items_per_call])]
+    wall = time.perf_counter() - start
+    audio = sum(r.output.seconds for r in results if r.ok)
+    return {
+        "items_per_s": len(texts) / wall,
+        "rtf": wall / audio if audio else None,
+        "audio_seconds": audio,
+        "wall_s": wall,
+        "errors": sum(not r.ok for r in results),
+    }
+
+
+def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from registry.fixtures.corpus import CHINESE
+    from steps.speech_synthesis import EspnetSynthesizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    stage = EspnetSynthesizer(stage_options(args.models, args.frames_per_phone, args.tts_model, args.tts_vocoder))
+    stage.ensure_ready()
+    texts = [CHINESE[i % len(CHINESE)] for i in range(args.requests)]
+    stage.run(texts[:1])  # warm-up: first-call allocations and lazy imports stay out of the figures
+    per_batch: dict[str, Any] = {}
+    for size in args.batch_sizes:
+        stage.options = replace(stage.options, batch_size=size)
+        per_batch[str(size)] = measure(stage, texts, args.items_per_call)
+        print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
+    mel_diff, wave_diff = equivalence(stage, list(CHINESE[: args.check_items]))
+    rates = [per_batch[str(size)]["items_per_s"] for size in args.batch_sizes]
+    infos = {m.role: m.model_id for m in stage.models()}
+    return {
+        "models": args.models,
+        "model": infos.get("speech_synthesis"),
+        "vocoder": infos.get("vocoder"),
+        "device": stage.options.device,
+        "threads": torch.get_num_threads(),
+        "requests": args.requests,
+        "items_per_call": args.items_per_call,
+        "frames_per_phone": args.frames_per_phone if args.models != "hub" else None,
+        "batch_sizes": per_batch,
+        "speedup": rates[-1] / rates[0] if rates[0] else None,
+        "max_abs_diff": mel_diff,
+        "max_abs_diff_wave": wave_diff,
+        "equivalence_items": args.check_items,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "hardware": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "versions": {name: metadata.version(name) for name in ("torch", "espnet", "parallel_wavegan")},
+    }
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes are whole numbers >= 1, comma separated: {text!r}")
+    return sizes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", choices=("hub", "fixtures", "fixtures-full"), default="fixtures-full")
+    parser.add_argument("--batch-sizes", type=_sizes, default=[1, 8], help="comma separated, e.g. 1,8")
+    parser.add_argument("--requests", type=int, default=16, help="Chinese texts synthesized per batch size")
+    parser.add_argument("--items-per-call", type=int, default=8, help="items per stage call (the runner's batch)")
+    parser.add_argument("--frames-per-phone", type=float, default=FRAMES_PER_PHONE, help="fixture decode length")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 leaves torch's default")
+    parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")
+    parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")
+    parser.add_argument("--tts-vocoder", default=None, help="another vocoder (default: the stage's)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for bench_tts.json")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run_bench_tts(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / "bench_tts.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_table(report))
+    print(f"bench-tts: {path}")
+    return 0 if all(row["errors"] == 0 for row in report["batch_sizes"].values()) else 1
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = ["| batch | items/s | rtf | audio s |", "| --- | --- | --- | --- |"]
+    for size, row in report["batch_sizes"].items():
+        lines.append(f"| {size} | {row['items_per_s']:.3f} | {row['rtf']:.3f} | {row['audio_seconds']:.1f} |")
+    lines.append(
+        f"speedup {report['speedup']:.2f}x, max_abs_diff {report['max_abs_diff']:.2e} (mels), "
+        f"{report['max_abs_diff_wave']:.2e} (waves); {report['threads']} thread(s)"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m clearml_pipeline.bench_tts", description=__doc__)
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))

@@ -1,0 +1,109 @@
+"""How many worker processes each stage gets in the streaming runtime, and how many threads each.
+
+`--replicas auto` (the default) measures each stage's CPU-seconds per item on the run's first items and gives
+the CPU stages cores in proportion, so that no stage starves the next: seed 000 guessed ratios by hand and
+1:1:2 ran slower than 1:1:1. Explicit ratios (`--replicas 1:1:2`) are used as given. Threads are a budget: the
+cores split among CPU replicas, so replicas share the cores instead of oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clearml_pipeline.config import RunConfig
+from steps.options import option
+from steps.stages import STAGES, StageSpec
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    replicas: str = option(
+        "auto", "worker processes per stage in pipeline order, like 1:1:2; auto: sized from measured stage costs"
+    )
+    replica_threads: str = option("auto", "torch threads per replica: auto (cores split among CPU replicas) or 2:1:1")
+    max_wait_ms: float = option(20.0, "dynamic batching: how long a worker waits to fill a batch")
+    inbox_batches: int = option(2, "each worker's bounded inbox, in batches (back-pressure); at least 1")
+    retries: int = option(
+        1, "times a row is retried after its worker died or was killed; also failed starts of a replacement in a row"
+    )
+    ready_timeout_s: float = option(600.0, "how long workers may take to load their models and warm up")
+    row_timeout_s: float = option(
+        1800.0,
+        "a worker that holds rows this long without delivering any (hung, stopped) is killed and replaced, and "
+        "its rows retried as for a dead worker",
+    )
+
+
+def parse_ratio(text: str, what: str) -> list[int]:
+    names = [spec.name for spec in STAGES]
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) != len(names) or min(parts) < 1:
+        example = ":".join(["1"] * (len(names) - 1) + ["2"])
+        raise ValueError(
+            f"{what} takes {len(names)} positive integers like {example} ({', '.join(names)}), got {text!r}"
+        )
+    return parts
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def is_gpu_stage(config: RunConfig, spec: StageSpec) -> bool:
+    device = getattr(config.stage_options(spec), "device", "cpu")
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores: int) -> dict[str, int]:
+    """Replicas so that no stage starves the next: CPU stages get cores in proportion to their cost per item.
+
+    GPU stages keep one replica each (they share the device through batching, not stacked processes).
+    """
+    cpu_stages = [s.name for s in STAGES if not gpu[s.name]]
+    budget = max(cores, len(cpu_stages))
+    total = sum(cpu_s_per_item[name] for name in cpu_stages) or 1.0
+    replicas = {s.name: 1 for s in STAGES}
+    for name in cpu_stages:
+        replicas[name] = max(1, round(budget * cpu_s_per_item[name] / total))
+    return replicas
+
+
+def thread_budget(replicas: dict[str, int], gpu: dict[str, bool], cores: int) -> dict[str, int]:
+    """Split the cores among CPU replicas (at least one thread each); GPU stages drive the device with one."""
+    cpu_replicas = sum(n for name, n in replicas.items() if not gpu[name]) or 1
+    share = max(1, cores // cpu_replicas)
+    return {name: 1 if gpu[name] else share for name in replicas}
+
+
+def plan(
+    options: StreamingOptions, gpu: dict[str, bool], cores: int, measure_cpu_s: Callable[[], dict[str, float]]
+) -> tuple[dict[str, int], dict[str, int], str]:
+    """Replicas and threads per stage from the options, and why those replicas (for the summary);
+    `measure_cpu_s` is only called for `auto` replicas."""
+    names = [spec.name for spec in STAGES]
+    if options.replicas == "auto":
+        costs = measure_cpu_s()
+        replicas = auto_replicas(costs, gpu, cores)
+        why = f"auto: {cores} cores shared by CPU-seconds per item " + ", ".join(
+            f"{name} {costs.get(name, 0.0):.3f}" + (" (GPU)" if gpu[name] else "") for name in names
+        )
+    else:
+        replicas = dict(zip(names, parse_ratio(options.replicas, "--replicas"), strict=True))
+        why = f"given: --replicas {options.replicas}"
+    if options.replica_threads == "auto":
+        threads = thread_budget(replicas, gpu, cores)
+    else:
+        threads = dict(zip(names, parse_ratio(options.replica_threads, "--replica-threads"), strict=True))
+    return replicas, threads, why

@@ -1,0 +1,106 @@
+"""Options dataclasses, one typed round trip: dataclass -> command-line flags -> ClearML parameters -> dataclass.
+
+Every options class is a frozen dataclass whose fields are declared with `option(default, help)`: the help text
+lives with the field (huggingface/speech-to-speech's argument dataclasses do the same), so `--help` explains each
+flag, and the ClearML UI shows the same names. Values come back as strings from both argparse and ClearML;
+`parse_value` is the one parser for both. Field metadata also says what a field holds, so generic code can find
+it without a list of names: `model_ref` (a model id, folder or `registry:` ref; `revision` names the field that
+pins it), `cache` (which model cache the field points at: hf, espnet, vocoder) and `fixture_cap` (the value a
+fixture model set gives the field by default: a decode length, since random weights never emit end-of-sequence,
+or no temperature fallback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from collections.abc import Mapping
+from dataclasses import Field, asdict, field, fields, replace
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+TRUE_WORDS = ("1", "true", "yes", "on")
+METAVARS = {str: "TEXT", int: "N", float: "X", bool: "{true,false}"}
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with its help text (and any of the metadata keys the module docstring lists)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def fields_with(options: Any, key: str) -> list[Field[Any]]:
+    """The fields of an options class or instance that carry metadata `key`."""
+    return [f for f in fields(options) if key in f.metadata]
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """Optional[X] -> (X, True); X -> (X, False)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        args = get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
+
+
+def parse_value(value: Any, hint: Any) -> Any:
+    """A field's value from a string (argparse, ClearML parameters, JSON) or an already typed value."""
+    hint, optional = _unwrap(hint)
+    if isinstance(value, str):
+        if optional and value.strip() in ("", "None"):
+            return None
+        if hint is bool:
+            return value.strip().lower() in TRUE_WORDS
+        if hint in (int, float):
+            return hint(value.strip())
+        return value
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"a value of type {getattr(hint, '__name__', hint)} is required, got None")
+    return hint(value) if hint in (int, float, str) else value
+
+
+def with_values(options: T, values: Mapping[str, Any]) -> T:
+    """A copy of `options` with the given fields parsed from `values` (unknown keys are ignored)."""
+    hints = get_type_hints(type(options))
+    changes = {f.name: parse_value(values[f.name], hints[f.name]) for f in fields(options) if f.name in values}  # type: ignore[arg-type]
+    return replace(options, **changes)  # type: ignore[type-var]
+
+
+def to_params(options: Any) -> dict[str, Any]:
+    """The options as ClearML parameters: None becomes "" (ClearML stores strings; parse_value reads it back)."""
+    return {key: "" if value is None else value for key, value in asdict(options).items()}
+
+
+def _dest(prefix: str, name: str) -> str:
+    return f"{prefix.replace('-', '_')}{name}"
+
+
+def add_flags(parser: argparse.ArgumentParser, options: Any, prefix: str, title: str) -> None:
+    """One flag per field, `--{prefix}{field-name}`, typed by the one parser, with the field's help text.
+
+    Flags left out stay out of the parsed namespace (SUPPRESS), so `flags_given` knows what the user chose,
+    even a value equal to the default: an explicit option must always beat a model set's defaults."""
+    group = parser.add_argument_group(title)
+    hints = get_type_hints(type(options))
+    for f in fields(options):
+        default = getattr(options, f.name)
+        help_text = f.metadata.get("help", "")
+        group.add_argument(
+            f"--{prefix}{f.name.replace('_', '-')}",
+            dest=_dest(prefix, f.name),
+            type=lambda text, hint=hints[f.name]: parse_value(text, hint),
+            default=argparse.SUPPRESS,
+            metavar=METAVARS.get(_unwrap(hints[f.name])[0], "VALUE"),
+            help=f"{help_text} (default: {default!r})" if help_text else f"(default: {default!r})",
+        )
+
+
+def flags_given(args: argparse.Namespace, options: Any, prefix: str) -> dict[str, Any]:
+    """The fields of `options` whose flags (made by `add_flags`) were on the command line, with their values."""
+    dests = {f.name: _dest(prefix, f.name) for f in fields(options)}
+    return {name: getattr(args, dest) for name, dest in dests.items() if hasattr(args, dest)}
+
+
+def from_flags(args: argparse.Namespace, options: T, prefix: str) -> T:
+    """`options` with the values of the flags given on the command line."""
+    return replace(options, **flags_given(args, options, prefix))  # type: ignore[type-var]

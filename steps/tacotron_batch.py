@@ -1,0 +1,270 @@
+"""Batched Tacotron2 inference and batched HiFiGAN vocoding on ESPnet's and parallel_wavegan's own modules.
+
+ESPnet's Text2Speech decodes Tacotron2 one utterance at a time. The decoder step (two LSTM cells and a
+projection) costs little more at batch 8 than at batch 1 on a CPU, so this module runs the same modules and
+weights over a padded batch and reproduces, item by item, what `Tacotron2.inference` computes:
+
+- the text gets <sos/eos> appended, as `Tacotron2.inference` does, then is padded into (B, T);
+- the encoder convolutions see zero padding beyond each item's end, as a lone utterance does, because every
+  layer's input is masked (BatchNorm, ReLU and bias would otherwise leak values into the padding that the
+  next kernel reads); the BLSTM runs on a packed sequence, so padding never enters it;
+- AttLoc is ESPnet's own, given the per-item lengths, so its softmax is masked per item and the location
+  convolution reads zero attention weight in the padding;
+- the decoder steps the whole batch; each item stops at the first step where (a stop probability reaches
+  `threshold` or the step count reaches int(len * maxlenratio)) and the step count is at least
+  int(len * minlenratio), exactly `Decoder.inference`'s rule (len counts <sos/eos); finished items drop out
+  of the batch, so the remaining steps cost only the items still speaking;
+- the postnet runs once on the padded batch, every layer's input masked like the encoder's.
+
+The prenet applies dropout at inference (ESPnet, as in the paper), so with dropout on, batched and
+one-at-a-time outputs are two samples of the same distribution; `prenet_dropout(tts, 0.0)` turns it off
+for equivalence checks.
+
+HiFiGAN is fully convolutional with length-preserving padding and exact integer upsampling, so a padded batch
+gives each item the same samples as a lone call once every convolution's input is masked beyond the item's
+end (forward pre-hooks, at each layer's own time resolution); each wave is then cut at frames x hop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+@dataclass
+class Decoded:
+    """One utterance's Tacotron2 output: `feat_gen` (L, odim), normalized as ESPnet returns it, and `prob`."""
+
+    feat_gen: torch.Tensor
+    prob: torch.Tensor
+
+
+def batchable(tts: torch.nn.Module) -> bool:
+    """Whether `tts` (ESPnetTTSModel.tts) is a Tacotron2 this module decodes exactly: location attention, no
+    speaker, language or style conditioning (the CSMSC recipe)."""
+    from espnet.nets.pytorch_backend.rnn.attentions import AttLoc
+    from espnet2.tts.tacotron2 import Tacotron2
+
+    return (
+        isinstance(tts, Tacotron2)
+        and isinstance(tts.dec.att, AttLoc)
+        and not tts.use_gst
+        and tts.spks is None
+        and tts.langs is None
+        and tts.spk_embed_dim is None
+    )
+
+
+@contextmanager
+def prenet_dropout(tts: torch.nn.Module, rate: float) -> Iterator[None]:
+    """Set the decoder prenet's inference dropout (ESPnet applies it always) for the duration of the block."""
+    prenet = tts.dec.prenet
+    if prenet is None:
+        yield
+        return
+    saved = prenet.dropout_rate
+    prenet.dropout_rate = rate
+    try:
+        yield
+    finally:
+        prenet.dropout_rate = saved
+
+
+def valid_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) bool, True inside each item."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def encode(enc: torch.nn.Module, xs: torch.Tensor, ilens: torch.Tensor) -> torch.Tensor:
+    """Encoder.forward over a padded batch (B, T) with every layer's input masked: (B, T, eunits)."""
+    mask = valid_mask(ilens, xs.size(1))[:, None, :].to(torch.float32)
+    x = enc.embed(xs).transpose(1, 2) * mask
+    for conv in enc.convs or []:
+        x = ((x + conv(x)) if enc.use_residual else conv(x)) * mask
+    if enc.blstm is None:
+        return x.transpose(1, 2)
+    packed = pack_padded_sequence(x.transpose(1, 2), ilens.cpu(), batch_first=True, enforce_sorted=False)
+    enc.blstm.flatten_parameters()
+    out, _ = enc.blstm(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=xs.size(1))[0]
+
+
+def postnet(dec: torch.nn.Module, before: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """before + Postnet(before) on (B, odim, L), each layer's input masked as a lone item's zero padding."""
+    if dec.postnet is None:
+        return before
+    mask = valid_mask(lengths, before.size(2))[:, None, :].to(before.dtype)
+    x = before * mask
+    for layer in dec.postnet.postnet:
+        x = layer(x) * mask
+    return before + x
+
+
+def decode(
+    dec: torch.nn.Module,
+    hs: torch.Tensor,
+    ilens: torch.Tensor,
+    threshold: float,
+    minlenratio: float,
+    maxlenratio: float,
+) -> list[Decoded]:
+    """Decoder.inference for every item of (B, T, C), the batch stepping together until each item stops."""
+    batch, r, odim = hs.size(0), dec.reduction_factor, dec.odim
+    maxlens = (ilens.to(torch.float64) * maxlenratio).long()  # int(len * ratio), as ESPnet truncates
+    minlens = (ilens.to(torch.float64) * minlenratio).long()
+    # An item stops by step max(maxlen, minlen) at the latest (rounded up to whole steps of r frames).
+    limit = int(torch.maximum(maxlens, minlens).max()) + r
+    outs = hs.new_zeros(batch, odim, limit + r)
+    probs = hs.new_zeros(batch, limit + r)
+    lengths = torch.zeros(batch, dtype=torch.long)
+
+    active = torch.arange(batch)
+    z = [dec._zero_state(hs) for _ in dec.lstm]
+    c = [dec._zero_state(hs) for _ in dec.lstm]
+    prev_out = hs.new_zeros(batch, odim)
+    prev_att_w: torch.Tensor | None = None
+    hs_a, lens_a = hs, ilens
+    dec.att.reset()
+    idx = 0
+    while len(active):
+        idx += r
+        att_c, att_w = dec.att(hs_a, lens_a.tolist(), z[0], prev_att_w)
+        prenet_out = dec.prenet(prev_out) if dec.prenet is not None else prev_out
+        z[0], c[0] = dec.lstm[0](torch.cat([att_c, prenet_out], dim=1), (z[0], c[0]))
+        for i in range(1, len(dec.lstm)):
+            z[i], c[i] = dec.lstm[i](z[i - 1], (z[i], c[i]))
+        zcs = torch.cat([z[-1], att_c], dim=1) if dec.use_concate else z[-1]
+        out = dec.feat_out(zcs).view(len(active), odim, -1)  # (n, odim, r)
+        prob = torch.sigmoid(dec.prob_out(zcs))  # (n, r)
+        outs[active, :, idx - r : idx] = out
+        probs[active, idx - r : idx] = prob
+        prev_out = out[:, :, -1] if dec.output_activation_fn is None else dec.output_activation_fn(out[:, :, -1])
+        prev_att_w = prev_att_w + att_w if dec.cumulate_att_w and prev_att_w is not None else att_w
+
+        stop = ((prob >= threshold).any(dim=1) | (idx >= maxlens[active])) & (idx >= minlens[active])
+        if bool(stop.any()):
+            lengths[active[stop]] = idx
+            keep = ~stop
+            active, lens_a = active[keep], lens_a[keep]
+            # AttLoc sizes its mask by the longest length it is given: cut the encoder states and weights to it
+            # (beyond every remaining item's end the weights are zero, so the location conv reads the same).
+            width = int(lens_a.max()) if len(active) else 0
+            hs_a, prev_att_w = hs_a[keep, :width], prev_att_w[keep, :width]
+            z, c = [t[keep] for t in z], [t[keep] for t in c]
+            prev_out = prev_out[keep]
+            dec.att.reset()  # it caches the projected encoder states and the mask of the old batch
+
+    width = int(lengths.max())
+    after = postnet(dec, outs[:, :, :width], lengths).transpose(1, 2)  # (B, L, odim)
+    if dec.output_activation_fn is not None:
+        after = dec.output_activation_fn(after)
+    return [Decoded(after[i, : lengths[i]], probs[i, : lengths[i]]) for i in range(batch)]
+
+
+def tacotron2_inference(
+    tts: torch.nn.Module,
+    texts: Sequence[torch.Tensor],
+    threshold: float = 0.5,
+    minlenratio: float = 0.0,
+    maxlenratio: float = 10.0,
+) -> list[Decoded]:
+    """Tacotron2.inference (no teacher forcing, no attention constraint) for many token sequences at once."""
+    device = next(tts.parameters()).device
+    ilens = torch.tensor([len(t) + 1 for t in texts], device=device)  # + <sos/eos>
+    xs = torch.zeros(len(texts), int(ilens.max()), dtype=torch.long, device=device)
+    for i, text in enumerate(texts):
+        xs[i, : len(text)] = text.to(device)
+        xs[i, len(text)] = tts.eos
+    hs = encode(tts.enc, xs, ilens)
+    return decode(tts.dec, hs, ilens, threshold, minlenratio, maxlenratio)
+
+
+def batched_hifigan(vocoder: torch.nn.Module) -> torch.nn.Module | None:
+    """The HiFiGAN generator inside ESPnet's parallel_wavegan wrapper when it can be batched exactly, else None
+    (Griffin-Lim, reflection-padded MelGANs and noise-driven Parallel WaveGAN are vocoded one at a time)."""
+    from espnet2.tts.utils.parallel_wavegan_pretrained_vocoder import ParallelWaveGANPretrainedVocoder
+    from parallel_wavegan.models import HiFiGANGenerator
+
+    if isinstance(vocoder, ParallelWaveGANPretrainedVocoder) and isinstance(vocoder.vocoder, HiFiGANGenerator):
+        return None if vocoder.vocoder.use_causal_conv else vocoder.vocoder
+    return None
+
+
+@contextmanager
+def masked_convolutions(generator: torch.nn.Module, frames: torch.Tensor, width: int) -> Iterator[None]:
+    """Zero every convolution's input beyond each item's end, at the layer's own time resolution (a whole
+    multiple of `width` frames: HiFiGAN's upsampling is exact), so each item sees a lone call's zero padding."""
+
+    def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = args[0]
+        scale, rest = divmod(x.size(-1), width)
+        assert rest == 0, f"a layer's length {x.size(-1)} is not a multiple of {width} frames"
+        return (x * valid_mask(frames * scale, x.size(-1))[:, None, :].to(x.dtype), *args[1:])
+
+    convs = [m for m in generator.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+    handles = [m.register_forward_pre_hook(hook) for m in convs]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def vocode(vocoder: torch.nn.Module, feats: Sequence[torch.Tensor], masked: bool = True) -> list[torch.Tensor]:
+    """Waves for (L_i, mels) features: one generator call for a HiFiGAN, else one vocoder call per item.
+
+    `masked=False` runs the padded batch plainly: then the last samples of a shorter item, within the
+    generator's receptive field of its end, see the padding (kept for the tests that show why masks matter)."""
+    generator = batched_hifigan(vocoder)
+    if generator is None or len(feats) == 1:
+        return [vocoder(f).view(-1) for f in feats]
+    frames = torch.tensor([len(f) for f in feats], device=feats[0].device)
+    width = int(frames.max())
+    batch = feats[0].new_zeros(len(feats), width, feats[0].size(1))
+    for i, f in enumerate(feats):
+        batch[i, : len(f)] = (f - generator.mean) / generator.scale if vocoder.normalize_before else f
+    with masked_convolutions(generator, frames, width) if masked else _nothing():
+        waves = generator(batch.transpose(1, 2))  # (B, 1, width * hop)
+    hop = waves.size(-1) // width
+    return [waves[i, 0, : int(frames[i]) * hop] for i in range(len(feats))]
+
+
+def receptive_field(generator: torch.nn.Module, frames: int = 8) -> int:
+    """An upper bound on how many output samples before an item's end can see what lies beyond it: the sum,
+    over every convolution, of its right-hand reach in output samples (measured on a probe call, so each
+    layer's resolution is read, not assumed). Without masks, batched waves may differ only there."""
+    reach: list[tuple[torch.nn.Module, int]] = []
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        reach.append((module, args[0].size(-1)))
+
+    convs = [m for m in generator.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+    handles = [m.register_forward_pre_hook(hook) for m in convs]
+    try:
+        param = next(generator.parameters())
+        total = generator(param.new_zeros(1, convs[0].in_channels, frames)).size(-1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    field = 0
+    for module, length in reach:
+        if isinstance(module, torch.nn.ConvTranspose1d):  # output o reads inputs up to (o + padding) // stride
+            field += module.padding[0] * total // (length * module.stride[0])
+        else:
+            field += module.dilation[0] * (module.kernel_size[0] - 1) // 2 * total // length
+    return field
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def bucket(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most `batch_size`, longest first, so each batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), max(batch_size, 1))]

@@ -1,0 +1,79 @@
+"""One typed round trip for options: flags -> dataclass -> ClearML parameters -> dataclass, one parser throughout."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from clearml_pipeline.config import PipelineConfig, RunConfig, add_config_flags, config_from_flags
+from clearml_pipeline.pipeline import pipeline_parameters
+from steps.options import parse_value, to_params, with_values
+
+# What the README promises the web UI's new-run dialog edits (besides dataset and the queues).
+UI_PARAMETERS = {
+    "limit": "runner/limit",
+    "batch_size": "runner/batch_size",
+    "models": "runner/models",
+    "st_model": "speech_translation/model",
+    "st_backend": "speech_translation/backend",
+    "st_batch_size": "speech_translation/batch_size",
+    "mt_model": "machine_translation/model",
+    "mt_backend": "machine_translation/backend",
+    "mt_num_beams": "machine_translation/num_beams",
+    "tts_model": "speech_synthesis/model",
+    "tts_vocoder": "speech_synthesis/vocoder",
+    "asr_model": "evaluation/asr_model",
+}
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, evaluation=True)
+    return parser.parse_args(list(argv))
+
+
+def test_the_pipeline_parameters_are_the_ones_the_readme_names() -> None:
+    assert pipeline_parameters(PipelineConfig()) == UI_PARAMETERS
+
+
+def test_flags_to_parameters_and_back_give_the_same_config() -> None:
+    config = config_from_flags(
+        parse("--st-model", "openai/whisper-large-v3", "--mt-num-beams", "2", "--st-revision", "abc",
+              "--eval-plots", "false", "--max-audio-seconds", "60.5"),
+        evaluation=True,
+    )
+    assert config.run.speech_translation.model == "openai/whisper-large-v3"
+    assert config.run.machine_translation.num_beams == 2 and config.evaluation.plots is False
+    # ClearML stores every parameter as a string: None becomes "" and comes back as None.
+    params = {name: {k: str(v) for k, v in to_params(options).items()} for name, options in config.sections().items()}
+    assert params["speech_translation"]["model_cache"] == ""
+    assert PipelineConfig().updated(params) == config
+
+
+def test_options_are_frozen_and_updates_return_new_configs() -> None:
+    config = RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.speech_translation.model = "x"  # type: ignore[misc]
+    changed = config.updated({"speech_translation": {"num_beams": "3"}})
+    assert changed.speech_translation.num_beams == 3 and config.speech_translation.num_beams == 1
+    with pytest.raises(ValueError, match="unknown option section"):
+        config.updated({"nope": {}})
+
+
+def test_an_explicit_option_beats_the_model_sets_defaults() -> None:
+    capped = config_from_flags(parse("--models", "fixtures"), evaluation=True)
+    assert capped.run.speech_translation.max_new_tokens == 32 and capped.evaluation.asr_max_new_tokens == 32
+    # Equal to the dataclass default, and still the user's choice.
+    explicit = config_from_flags(parse("--models", "fixtures", "--st-max-new-tokens", "440"), evaluation=True)
+    assert explicit.run.speech_translation.max_new_tokens == 440
+    assert config_from_flags(parse()).speech_translation.max_new_tokens == 440  # hub: no caps
+
+
+def test_the_one_parser() -> None:
+    assert parse_value("yes", bool) is True and parse_value("0", bool) is False
+    assert parse_value(" 7 ", int) == 7 and parse_value("", int | None) is None
+    assert with_values(RunConfig().runner, {"limit": "5", "unknown": 1}).limit == 5
+    with pytest.raises(ValueError):
+        parse_value("many", int)

@@ -1,0 +1,209 @@
+"""Batched Tacotron2 decoding and batched HiFiGAN vocoding against ESPnet's own one-at-a-time Text2Speech.
+
+With the prenet's inference dropout off, the batched path must reproduce Text2Speech item by item (mels
+within 1e-4, lengths exactly), stop tokens and minlenratio included; with it on, lengths and statistics agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clearml_pipeline.config import RunConfig
+from registry.fixtures import FixtureCaches
+from steps.base import ItemError
+from steps.speech_synthesis import EspnetSynthesizer, Speech, denormalized
+from steps.tacotron_batch import (
+    batchable,
+    batched_hifigan,
+    bucket,
+    prenet_dropout,
+    receptive_field,
+    tacotron2_inference,
+    vocode,
+)
+from tests.configs import fixture_config
+
+TEXTS = ["卡尔普陪外孙玩滑梯", "你好", "我有三只猫", "一", "明天见"]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def config(fixture_caches: FixtureCaches) -> RunConfig:
+    return fixture_config()
+
+
+@pytest.fixture(scope="module")
+def stage(config: RunConfig) -> EspnetSynthesizer:
+    stage = EspnetSynthesizer(replace(config.speech_synthesis, batch_size=4, batch_vocoder="true"))
+    stage.ensure_ready()
+    return stage
+
+
+def token_ids(stage: EspnetSynthesizer, texts: list[str]) -> list[torch.Tensor]:
+    return [torch.as_tensor(stage.tts.preprocess_fn("<d>", {"text": t})["text"]).long() for t in texts]
+
+
+@contextmanager
+def stop_layer(tts: torch.nn.Module, seed: int = 0) -> Iterator[None]:
+    """Give the stop-token layer (zero in the fixture: it never fires) random weights, then restore it."""
+    layer = tts.dec.prob_out
+    saved = {k: v.clone() for k, v in layer.state_dict().items()}
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 3.0)
+        layer.bias.fill_(-6.0)
+    try:
+        yield
+    finally:
+        layer.load_state_dict(saved)
+
+
+def test_the_fixture_model_and_vocoder_are_batched(stage: EspnetSynthesizer) -> None:
+    assert batchable(stage.tts.tts)
+    assert batched_hifigan(stage.tts.vocoder) is not None
+
+
+def test_batched_mels_equal_espnet_one_at_a_time(stage: EspnetSynthesizer) -> None:
+    t2s = stage.tts
+    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
+        single = [t2s(text) for text in TEXTS]
+        batched = tacotron2_inference(t2s.tts, token_ids(stage, TEXTS))
+    for one, ours, ids in zip(single, batched, token_ids(stage, TEXTS), strict=True):
+        assert ours.feat_gen.shape == one["feat_gen"].shape == (10 * (len(ids) + 1), 80)
+        assert float((ours.feat_gen - one["feat_gen"]).abs().max()) <= TOLERANCE
+        assert float((denormalized(t2s.model, ours.feat_gen) - one["feat_gen_denorm"]).abs().max()) <= TOLERANCE
+
+
+def test_each_item_stops_on_its_own_stop_token_and_minlenratio(stage: EspnetSynthesizer) -> None:
+    t2s = stage.tts
+    ids = token_ids(stage, TEXTS)
+    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0), stop_layer(t2s.tts):
+        probe = [float(t2s(text, decode_conf={"maxlenratio": 4.0})["prob"].max()) for text in TEXTS]
+        threshold = float(np.median(probe))  # about half the items stop early, the others run to maxlen
+        for minlenratio in (0.0, 2.0):
+            conf = {"threshold": threshold, "minlenratio": minlenratio, "maxlenratio": 4.0}
+            single = [t2s(text, decode_conf=conf)["feat_gen"] for text in TEXTS]
+            batched = tacotron2_inference(t2s.tts, ids, threshold, minlenratio, 4.0)
+            lengths = [len(b.feat_gen) for b in batched]
+            assert lengths == [len(s) for s in single]
+            maxlens = [4 * (len(i) + 1) for i in ids]
+            assert any(n < m for n, m in zip(lengths, maxlens, strict=True))  # some stopped on the token ...
+            assert any(n == m for n, m in zip(lengths, maxlens, strict=True))  # ... and some ran to maxlen
+            assert all(n >= int((len(i) + 1) * minlenratio) for n, i in zip(lengths, ids, strict=True))
+            assert max(float((b.feat_gen - s).abs().max()) for b, s in zip(batched, single, strict=True)) <= TOLERANCE
+
+
+def test_with_prenet_dropout_lengths_and_statistics_agree(stage: EspnetSynthesizer) -> None:
+    t2s = stage.tts
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        single = [t2s(text)["feat_gen"] for text in TEXTS]
+        batched = [d.feat_gen for d in tacotron2_inference(t2s.tts, token_ids(stage, TEXTS))]
+        with prenet_dropout(t2s.tts, 0.0):
+            plain = [d.feat_gen for d in tacotron2_inference(t2s.tts, token_ids(stage, TEXTS))]
+    assert [len(b) for b in batched] == [len(s) for s in single]
+    ours, theirs = torch.cat(batched), torch.cat(single)
+    assert abs(float(ours.mean() - theirs.mean())) < 0.1 * float(theirs.std())
+    assert abs(float(ours.std() / theirs.std()) - 1.0) < 0.1
+    assert max(float((b - p).abs().max()) for b, p in zip(batched, plain, strict=True)) > TOLERANCE  # dropout ran
+
+
+def test_batched_vocoding_cuts_each_wave_equal_to_a_lone_call(stage: EspnetSynthesizer) -> None:
+    t2s = stage.tts
+    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
+        feats = [t2s(text)["feat_gen_denorm"] for text in TEXTS]
+        single = [t2s.vocoder(f).view(-1) for f in feats]
+        batched = vocode(t2s.vocoder, feats)
+        plain = vocode(t2s.vocoder, feats, masked=False)
+        reach = receptive_field(batched_hifigan(t2s.vocoder))
+    hop = 300
+    longest = max(len(f) for f in feats)
+    for f, one, ours, unmasked in zip(feats, single, batched, plain, strict=True):
+        assert len(ours) == len(one) == len(f) * hop
+        assert float((ours - one).abs().max()) <= 1e-5
+        tail = (unmasked - one).abs() > 1e-5  # without masks only the receptive field before the end sees padding
+        assert not bool(tail[: max(len(one) - reach, 0)].any())
+        assert bool(tail.any()) == (len(f) < longest)
+
+
+def test_bucket_groups_by_length_and_keeps_every_index() -> None:
+    groups = bucket([3, 9, 1, 7, 5], 2)
+    assert groups == [[1, 3], [4, 0], [2]]
+
+
+def test_the_stage_batches_all_pieces_of_a_call_like_one_at_a_time(stage: EspnetSynthesizer) -> None:
+    items = ["卡尔普陪外孙玩滑梯。你好！", "Hello @#", "我有3只猫，名字叫Tom！", "一。二。三。四。五。"]
+    one_by_one = replace(stage.options, batch_size=1)
+    with prenet_dropout(stage.tts.tts, 0.0):
+        batched = stage.process(items)
+        saved, stage.options = stage.options, one_by_one
+        try:
+            single = stage.process(items)
+        finally:
+            stage.options = saved
+    assert isinstance(batched[1], ItemError) and isinstance(single[1], ItemError)
+    for ours, theirs in zip(batched, single, strict=True):
+        if isinstance(theirs, Speech):
+            assert isinstance(ours, Speech)
+            assert (ours.pieces, ours.unsayable, ours.sample_rate) == (theirs.pieces, theirs.unsayable, 24_000)
+            assert ours.samples.shape == theirs.samples.shape
+            assert float(np.abs(ours.samples - theirs.samples).max()) <= 1e-5
+    assert batched[3].pieces == 5 and batched[2].unsayable == ["T", "m", "o"]
+
+
+def test_full_size_batched_mels_equal_espnet(fixture_caches: FixtureCaches) -> None:
+    """The CSMSC recipe's widths (512-unit encoder, 1024-unit decoder LSTMs, 512-channel HiFiGAN), built once
+    into ~/.cache/s2st/tts-fixtures-full ($S2ST_TTS_FIXTURES_DIR-full) and reused while the builders match."""
+    from clearml_pipeline.bench_tts import tts_fixture_caches, tts_fixture_root
+
+    caches = tts_fixture_caches(tts_fixture_root(full=True), full=True)
+    options = replace(
+        fixture_config().speech_synthesis, model_cache=str(caches.espnet_cache), vocoder_cache=str(caches.vocoder_cache)
+    )
+    full = EspnetSynthesizer(options)
+    full.ensure_ready()
+    texts = ["你好", "明天见", "音乐使人快乐"]
+    t2s = full.tts
+    assert t2s.tts.dec.lstm[0].hidden_size == 1024
+    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
+        single = [t2s(text)["feat_gen"] for text in texts]
+        batched = tacotron2_inference(t2s.tts, token_ids(full, texts))
+        feats = [denormalized(t2s.model, s) for s in single]
+        waves = vocode(t2s.vocoder, feats)
+        lone = [t2s.vocoder(f).view(-1) for f in feats]
+    for ours, theirs in zip(batched, single, strict=True):
+        assert ours.feat_gen.shape == theirs.shape
+        assert float((ours.feat_gen - theirs).abs().max()) <= TOLERANCE
+    assert max(float((w - o).abs().max()) for w, o in zip(waves, lone, strict=True)) <= 1e-4
+
+
+def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Path) -> None:
+    import argparse
+
+    from clearml_pipeline.bench_tts import add_arguments, main
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            *("--models", "fixtures", "--batch-sizes", "1,3", "--requests", "3", "--items-per-call", "3"),
+            *("--check-items", "2", "--frames-per-phone", "4", "--output", str(tmp_path)),
+        ]
+    )
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bench_tts.json").read_text(encoding="utf-8"))
+    one, three = report["batch_sizes"]["1"], report["batch_sizes"]["3"]
+    assert one["audio_seconds"] == three["audio_seconds"] > 0  # fixed decode lengths: the same audio
+    assert all(row["items_per_s"] > 0 and row["rtf"] > 0 for row in (one, three))
+    assert report["max_abs_diff"] <= TOLERANCE and report["max_abs_diff_wave"] <= 1e-5
+    assert report["model"].startswith("espnet/kan-bayashi_csmsc_tts_train_tacotron2")
+    assert report["vocoder"] == "parallel_wavegan/csmsc_hifigan.v1" and report["device"] == "cpu"
+    assert report["threads"] >= 1 and report["frames_per_phone"] == 4.0
