@@ -6,6 +6,7 @@ python -m clearml_pipeline run --local --runtime streaming ...       # no server
 python -m clearml_pipeline evaluate --run OUT [--manifest M]         # score a finished run
 python -m clearml_pipeline reproduce OUT_OR_TASK_ID --output NEW     # rerun it with the same data and models
 python -m clearml_pipeline bench --input DIR --output OUT [--requests N] [--rate R] [--replicas 1:1:2|auto]
+python -m clearml_pipeline bench-tts --models fixtures-full --batch-sizes 1,8 --requests 16 --output OUT
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(run, RemoteOptions(), "", "ClearML server (without --local)")
     bench = commands.add_parser("bench", help="throughput experiment: streaming runtime vs sequential baseline")
     add_flags(bench, BenchOptions(), "", "benchmark")
+    from clearml_pipeline.bench_tts import add_arguments as add_bench_tts_arguments
+
+    add_bench_tts_arguments(commands.add_parser("bench-tts", help="speech synthesis alone at each TTS batch size"))
     for command in (run, bench):
         command.add_argument("--input", type=Path, required=command is bench, help="an audio file or a folder of them")
         command.add_argument("--output", type=Path, required=command is bench, help="folder for the results")
@@ -288,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (args.command == "bench" or (args.command == "run" and args.local)):
             release_signals()  # `run --local` and `bench` release them once they can write every row
+        if args.command == "bench-tts":
+            from clearml_pipeline.bench_tts import main as bench_tts
+
+            return bench_tts(args)
         if args.command == "bench":
             return bench(args)
         if args.command == "evaluate":
