@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from resources.audio import Audio, AudioError, load_audio, probe_seconds, write_wav
@@ -42,7 +42,12 @@ class StepContext:
     def source(self, row: ItemResult) -> Path:
         if self.input_root is None:
             return Path(row.source)
-        return self.input_root / row.source if self.follow_links else safe_join(self.input_root, row.source)
+        if not self.follow_links:
+            return safe_join(self.input_root, row.source)
+        relative = PurePosixPath(row.source)
+        if relative.is_absolute() or ".." in relative.parts:  # links are followed; the row's own path never climbs
+            raise UnsafePathError(f"path {row.source!r} climbs out of its folder ('..') or is absolute")
+        return self.input_root / relative
 
 
 Step = Callable[[Stage[Any, Any], list[ItemResult], "StepContext"], None]
