@@ -124,6 +124,7 @@ def test_a_step_resumes_from_partial_results(run: dict[str, Any], tmp_path: Path
     step_out.mkdir(parents=True)
     earlier = [json.loads(line) for line in (out / "steps" / "machine_translation" / "results.jsonl").open()]
     earlier[0]["zh_text"] = "早先完成的译文"  # what an earlier, interrupted attempt wrote for the first item
+    earlier[0]["resume_key"] = mt_resume_key(out, step_out)  # made from this very input and configuration
     (step_out / "partial.jsonl").write_text(json.dumps(earlier[0], ensure_ascii=False) + "\n", encoding="utf-8")
     proc = ok(cli("clearml_pipeline.step_task", "--step", "machine_translation", "--offline",
                   "--dataset", json.loads((out / "summary.json").read_text())["dataset"]["ref"],
@@ -135,6 +136,39 @@ def test_a_step_resumes_from_partial_results(run: dict[str, Any], tmp_path: Path
     assert rows[0]["zh_text"] == "早先完成的译文"  # kept, not recomputed
     assert all(r["zh_text"] for r in rows[1:]) and not (step_out / "partial.jsonl").exists()
     assert list((tmp_path / "clearml").glob("machine_translation.offline-*.zip"))
+
+
+def mt_resume_key(out: Path, step_out: Path, changes: dict[str, Any] | None = None) -> str:
+    """The resume key machine translation gives the run's first item (with the config `changes`, another one)."""
+    from clearml_pipeline.config import PipelineConfig
+    from clearml_pipeline.step_work import resume_keys
+    from steps.results import load_rows
+    from steps.stages import StepContext, stage
+
+    config = PipelineConfig.from_dict(json.loads((out / "pipeline.json").read_text())).updated(changes or {})
+    given = load_rows(out / "steps" / "speech_translation" / "results.jsonl")[:1]
+    return resume_keys(config, stage("machine_translation"), given, StepContext(step_out, 60.0))[given[0].id]
+
+
+def test_a_partial_result_from_other_inputs_or_config_is_not_resumed(run: dict[str, Any], tmp_path: Path) -> None:
+    """A partial row made with another configuration (here num_beams), or with no key at all, is discarded with a
+    message and computed again (issue 12, item 2; tests/test_signals.py changes the input audio instead)."""
+    out = run["out"]
+    step_out = tmp_path / "steps" / "machine_translation"
+    step_out.mkdir(parents=True)
+    earlier = [json.loads(line) for line in (out / "steps" / "machine_translation" / "results.jsonl").open()]
+    stale = [dict(earlier[0], zh_text="过时的译文", resume_key=mt_resume_key(out, step_out,
+                                                                      {"machine_translation": {"num_beams": 7}})),
+             dict(earlier[1], zh_text="过时的译文")]  # and one with no key (written before keys existed)
+    (step_out / "partial.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in stale))
+    proc = ok(cli("clearml_pipeline.step_task", "--step", "machine_translation", "--offline",
+                  "--dataset", json.loads((out / "summary.json").read_text())["dataset"]["ref"],
+                  "--input", str(out / "steps" / "speech_translation"), "--output", str(step_out),
+                  "--config", str(out / "pipeline.json")))
+    assert "discarding 2 partial result(s)" in proc and "resuming" not in proc
+    rows = [json.loads(line) for line in (step_out / "results.jsonl").open()]
+    assert [r["id"] for r in rows] == [r["id"] for r in earlier]
+    assert all(r["zh_text"] and r["zh_text"] != "过时的译文" for r in rows)  # computed again
 
 
 def test_a_retried_task_resumes_from_its_own_checkpoint(run: dict[str, Any], tmp_path: Path) -> None:
