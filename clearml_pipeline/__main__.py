@@ -242,7 +242,7 @@ def write_interrupted(args: argparse.Namespace, rows: list[Any] | None = None) -
         if args.runtime == "steps" and args.command == "run":
             from clearml_pipeline.step_work import dataset_rows
 
-            rows = dataset_rows(steps_dataset(args), limit, local=True)
+            rows = dataset_rows(steps_dataset(args), limit, absolute=True)
         else:
             rows = [ItemResult(item.id, str(item.path)) for item in list_inputs(args, limit)]
     rows = complete_results(args.output / RESULTS, rows, "run interrupted before this item finished")
@@ -264,6 +264,7 @@ def bench(args: argparse.Namespace) -> int:
 
     check_output(args.output)
     start_outputs(args.output)
+    (args.output / "bench.json").unlink(missing_ok=True)  # an earlier bench's figures are not this one's
     options = from_flags(args, BenchOptions(), "")
     config, _, items = prepare(args)
     try:

@@ -29,6 +29,7 @@ from clearml_pipeline.execution import RESULTS, RUN_FILES, mark_interrupted, rea
 from clearml_pipeline.interrupts import received
 from clearml_pipeline.pipeline import Node, PipelineConfig, plan
 from clearml_pipeline.step_task import PARENT_ENV
+from clearml_pipeline.step_work import MANIFEST
 from clearml_pipeline.tracking import offline_environment
 from steps.results import ItemResult, write_rows
 from steps.stages import AUDIO_DIR, STAGES, finish
@@ -85,7 +86,7 @@ def run_locally(
             print(f"error: step {node.name} died (exit code {code})", file=sys.stderr)
             return salvage(config, dataset, out, launched, started, died=f"step {node.name} died (exit {code})")
         print(f"      done in {time.perf_counter() - started:.1f} s", flush=True)
-    publish(out / "steps" / nodes[-1].name, out)
+    publish(out / "steps" / nodes[-1].name, out, dataset)
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
@@ -106,10 +107,10 @@ def run_step(command: list[str], env: dict[str, str]) -> int:
         raise
 
 
-def publish(final: Path, out: Path) -> None:
+def publish(final: Path, out: Path, dataset: Path) -> None:
     """Move the last step's outputs up to OUT, where a user (and `evaluate`/`reproduce`) looks for them; of the
-    audio, only the files of this run's rows."""
-    for name in (RESULTS, *FINAL_FILES):
+    audio, only the files of this run's rows; `source` as in every runtime (as_given)."""
+    for name in FINAL_FILES:
         if (final / name).is_file():
             shutil.copyfile(final / name, out / name)
     for name in FINAL_FOLDERS:
@@ -117,8 +118,18 @@ def publish(final: Path, out: Path) -> None:
             shutil.rmtree(out / name, ignore_errors=True)
             shutil.copytree(final / name, out / name)
     rows = list(read_rows_leniently(final / RESULTS).values())
-    if _copy_audio(rows, [final], out):
-        write_rows(out / RESULTS, rows)
+    _copy_audio(rows, [final], out)
+    write_rows(out / RESULTS, as_given(rows, dataset))
+
+
+def as_given(rows: list[ItemResult], dataset: Path) -> list[ItemResult]:
+    """A user folder's rows with `source` the input path as given (absolute, links kept), as the other runtimes
+    write it; between steps it is relative to the dataset folder. A manifest's paths stay as the manifest has
+    them (relative to the dataset folder)."""
+    if not (dataset / MANIFEST).is_file():
+        for row in rows:
+            row.source = str(dataset / row.source)  # an absolute source (the fallback's) stays as it is
+    return rows
 
 
 def _copy_audio(rows: list[ItemResult], folders: list[Path], out: Path) -> bool:
@@ -168,7 +179,7 @@ def salvage(
                 if path.is_file() and path.stat().st_mtime >= at:
                     overlay.update(read_rows_leniently(path))
     if base is None:  # stopped while listing the dataset: list it here
-        base = dataset_rows(dataset, config.run.runner.limit, local=True)
+        base = dataset_rows(dataset, config.run.runner.limit)
     rows = [overlay.get(row.id, row) for row in base]
     last = STAGES[-1].name
     unfinished = [row for row in rows if row.ok and not row.no_speech and last not in row.latency_s]
@@ -179,7 +190,7 @@ def salvage(
     else:
         mark_interrupted(unfinished, "run interrupted before this item went through every stage")
     _copy_audio(rows, [folders[node.name] for node, _ in reversed(launched)], out)
-    write_rows(out / RESULTS, rows)
+    write_rows(out / RESULTS, as_given(rows, dataset))
     summary = summarize(rows, [], {}, time.perf_counter() - started, config.to_dict(), "not recorded")
     summary["interrupted"] = interrupted is not None
     if interrupted is not None:

@@ -145,7 +145,8 @@ class StreamingRuntime:
             reached = {s.name: sum(s.name in r.latency_s for r in calibrated) for s in STAGES}
             return {name: probe.stats.cpu_s.get(name, 0.0) / max(n, 1) for name, n in reached.items()}
 
-        replicas = threads = {spec.name: 1 for spec in STAGES}
+        replicas = {spec.name: 1 for spec in STAGES}
+        threads = dict(replicas)
         why, interrupted = "", False
         reason, failed_stage = NOT_SENT, STAGES[0].name
         results: dict[str, ItemResult] = {}

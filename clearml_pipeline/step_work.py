@@ -114,7 +114,7 @@ def ingest(env: StepEnv, _: StepInput | None) -> dict[str, Any]:
     """Resolve the dataset and list its items: a data_prep dataset (manifest.jsonl) or a folder of audio."""
     root = env.dataset_root()
     manifest = root / MANIFEST
-    rows = dataset_rows(root, env.config.run.runner.limit, local=Path(env.io.dataset).expanduser().is_dir())
+    rows = dataset_rows(root, env.config.run.runner.limit)
     if not rows:
         raise ValueError(f"the dataset {env.io.dataset!r} holds no audio items")
     write_rows(env.out / RESULTS, rows)
@@ -126,18 +126,18 @@ def ingest(env: StepEnv, _: StepInput | None) -> dict[str, Any]:
     return {"dataset": dataset, "models": [], "busy_s": {}, "wall_s": {}, "stages": {}}
 
 
-def dataset_rows(root: Path, limit: int, local: bool) -> list[ItemResult]:
+def dataset_rows(root: Path, limit: int, absolute: bool = False) -> list[ItemResult]:
     """The dataset's items as rows: a data_prep dataset's manifest, or every audio file of a folder.
 
-    A manifest's `audio` paths stay relative (data, checked against the dataset folder where they are read).
-    A folder's files get their absolute path as `source` when the folder is the user's own (`local`), as in
-    every runtime; a ClearML Dataset's are relative, since each agent has its own copy of it elsewhere."""
+    Between steps a `source` is relative to the dataset folder (each agent has its own copy of a ClearML
+    Dataset, elsewhere); a manifest's stays so everywhere (data, checked against the folder where it is read).
+    `absolute`: a folder's files with their path under `root` as given, what OUT/results.jsonl shows."""
     manifest = root / MANIFEST
     if manifest.is_file():  # data: every id made safe and unique; a bad `audio` path fails its row in stage 1
         rows = [ItemResult(r.id, r.audio) for r in read_manifest(manifest, check_audio=False, check_paths=False)]
     else:
         rows = [
-            ItemResult(item.id, str(item.path) if local else item.path.relative_to(root).as_posix())
+            ItemResult(item.id, str(item.path) if absolute else item.path.relative_to(root).as_posix())
             for item in discover_inputs(root)
         ]
     return rows[:limit] if limit else rows

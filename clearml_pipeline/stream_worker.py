@@ -11,6 +11,7 @@ import queue
 import shutil
 import time
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -63,9 +64,12 @@ def worker_main(
     max_batch: int,
     max_wait_s: float,
     inbox: Queue[Any],
-    outbox: Queue[Any],
+    outbox: Connection,
 ) -> None:
-    """A worker process: load the stage once, warm up, then take batches from `inbox` until told to stop."""
+    """A worker process: load the stage once, warm up, then take batches from `inbox` until told to stop.
+
+    `outbox` is this worker's own pipe to the router, not a queue shared by all workers: a worker killed while
+    writing (SIGKILL, out of memory) would leave a shared queue's lock held, and every other worker blocked."""
     import torch
 
     quiet_libraries()
@@ -77,9 +81,9 @@ def worker_main(
         built.ensure_ready()
         warm_up(built, spec, ctx, worker_id)
     except Exception as exc:  # noqa: BLE001 - reported: the router fails the start or the stage's rows
-        outbox.put(("failed", worker_id, f"{type(exc).__name__}: {exc}"))
+        outbox.send(("failed", worker_id, f"{type(exc).__name__}: {exc}"))
         return
-    outbox.put(("ready", worker_id, time.monotonic() - started, built.models()))
+    outbox.send(("ready", worker_id, time.monotonic() - started, built.models()))
     while True:
         first = inbox.get()
         if first is None:
@@ -97,6 +101,6 @@ def worker_main(
             batch.append(item)
         t0, c0 = time.monotonic(), time.process_time()
         run_group([(spec, built)], batch, ctx, close=False)
-        outbox.put(("done", Delivery(worker_id, batch, t0, time.monotonic(), time.process_time() - c0)))
+        outbox.send(("done", Delivery(worker_id, batch, t0, time.monotonic(), time.process_time() - c0)))
         if stop:
             return

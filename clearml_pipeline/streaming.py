@@ -15,7 +15,9 @@ Why this shape (seed 000's open problems, and issue 12's faults):
   starts in a row, a stage with no live worker left fails its rows with the reason, and the run goes on: the
   finished rows are kept and every row is returned;
 - each worker's inbox is bounded (back-pressure) and workers batch dynamically: they take what is queued, up
-  to the stage's batch size, waiting at most `max_wait_ms` for more.
+  to the stage's batch size, waiting at most `max_wait_ms` for more;
+- each worker reports on a pipe of its own: a worker killed while writing to a queue shared by all would keep
+  that queue's lock, and every other worker would block on it for ever.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from typing import Any
@@ -59,6 +62,7 @@ class Worker:
     spec: StageSpec
     process: SpawnProcess
     inbox: Queue[Any]
+    outbox: Connection  # the reading end of its pipe
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     failed: str | None = None  # its own report of why it could not start
@@ -94,7 +98,6 @@ class StreamingRunner:
         """`stages` is the whole pipeline by default; a single stage measures that stage alone."""
         self.config, self.options, self.ctx, self.stages = config, options, ctx, tuple(stages)
         self.replicas, self.threads = replicas, threads
-        self.outbox: Queue[Any] = SPAWN.Queue()
         self.workers: dict[int, Worker] = {}
         self.next_id = 0
         self.stats = StreamStats()
@@ -109,17 +112,19 @@ class StreamingRunner:
         # --batch-size means the same in every runtime: the most rows one stage call takes.
         max_batch = max(1, self.config.runner.batch_size)
         inbox: Queue[Any] = SPAWN.Queue(maxsize=max_batch * max(1, self.options.inbox_batches))
+        reader, writer = SPAWN.Pipe(duplex=False)
         worker_id, self.next_id = self.next_id, self.next_id + 1
         args = (worker_id, spec.name, options, self.ctx, self.threads[spec.name], max_batch,
                 self.options.max_wait_ms / 1000)
         process = SPAWN.Process(
             target=child_entry,
-            args=(pickle.dumps((worker_main, args)), os.getpid(), inbox, self.outbox),
+            args=(pickle.dumps((worker_main, args)), os.getpid(), inbox, writer),
             name=f"{spec.prefix}-{worker_id}",
             daemon=True,
         )
         process.start()
-        worker = Worker(worker_id, spec, process, inbox)
+        writer.close()  # the worker holds the only writing end: its death is an end of file here
+        worker = Worker(worker_id, spec, process, inbox, reader)
         self.workers[worker_id] = worker
         return worker
 
@@ -166,7 +171,7 @@ class StreamingRunner:
                 worker.process.join(timeout=5)
         for worker in self.workers.values():
             worker.inbox.cancel_join_thread()
-        self.outbox.cancel_join_thread()
+            worker.outbox.close()
 
     # -- routing ---------------------------------------------------------------------------------------------
     def run(
@@ -246,35 +251,41 @@ class StreamingRunner:
                 self.sent_at[row.id] = time.monotonic()
 
     def _receive(self, timeout: float) -> list[tuple[ItemResult, int]]:
-        """Read worker messages; returns finished rows with the index of the stage that finished them."""
+        """Read worker messages (one per worker with something to say, waiting up to `timeout` for any); returns
+        finished rows with the index of the stage that finished them."""
         finished: list[tuple[ItemResult, int]] = []
-        try:
-            kind, *payload = self.outbox.get(timeout=timeout)
-        except queue.Empty:
-            return finished
-        worker = self.workers.get(payload[0].worker if kind == "done" else payload[0])
-        if worker is None:  # from a worker already retired (killed for its deadline): its rows went elsewhere
-            return finished
-        if kind == "ready":
-            worker.ready = True
-            self.start_failures[worker.spec.name] = 0
-            self.models[worker.spec.name] = payload[2]
-        elif kind == "failed":
-            worker.failed = payload[1]  # _reap (or start) replaces it, or gives its stage up
-        elif kind == "done":
-            delivery: Delivery = payload[0]
-            name = worker.spec.name
-            worker.progress_at = time.monotonic()
-            self.stats.batch_sizes.setdefault(name, []).append(len(delivery.rows))
-            self.stats.cpu_s[name] = self.stats.cpu_s.get(name, 0.0) + delivery.cpu_s
-            self.stats.busy_s[name] = self.stats.busy_s.get(name, 0.0) + delivery.finished - delivery.started
-            for row in delivery.rows:
-                if worker.held.pop(row.id, None) is None:
-                    continue  # not ours any more
-                wait = max(0.0, delivery.started - self.sent_at.get(row.id, delivery.started))
-                self.stats.queue_wait_s.setdefault(name, []).append(wait)
-                row.latency_s[f"{name}_queue"] = wait
-                finished.append((row, self.stages.index(worker.spec)))
+        by_pipe = {worker.outbox: worker for worker in self.workers.values() if not worker.outbox.closed}
+        for pipe in wait(list(by_pipe), timeout):
+            worker = by_pipe[pipe]  # type: ignore[index]
+            try:
+                kind, *payload = worker.outbox.recv()
+            except (EOFError, OSError):  # it exited (or died mid-message): _reap retires it
+                worker.outbox.close()
+                continue
+            if kind == "ready":
+                worker.ready = True
+                self.start_failures[worker.spec.name] = 0
+                self.models[worker.spec.name] = payload[2]
+            elif kind == "failed":
+                worker.failed = payload[1]  # _reap (or start) replaces it, or gives its stage up
+            elif kind == "done":
+                finished.extend(self._delivered(worker, payload[0]))
+        return finished
+
+    def _delivered(self, worker: Worker, delivery: Delivery) -> list[tuple[ItemResult, int]]:
+        name = worker.spec.name
+        worker.progress_at = time.monotonic()
+        self.stats.batch_sizes.setdefault(name, []).append(len(delivery.rows))
+        self.stats.cpu_s[name] = self.stats.cpu_s.get(name, 0.0) + delivery.cpu_s
+        self.stats.busy_s[name] = self.stats.busy_s.get(name, 0.0) + delivery.finished - delivery.started
+        finished = []
+        for row in delivery.rows:
+            if worker.held.pop(row.id, None) is None:
+                continue  # not its row any more
+            wait_s = max(0.0, delivery.started - self.sent_at.get(row.id, delivery.started))
+            self.stats.queue_wait_s.setdefault(name, []).append(wait_s)
+            row.latency_s[f"{name}_queue"] = wait_s
+            finished.append((row, self.stages.index(worker.spec)))
         return finished
 
     def _advance(self, row: ItemResult, stage_index: int, pending: dict[str, deque[ItemResult]]) -> None:
@@ -294,6 +305,7 @@ class StreamingRunner:
                 continue
             del self.workers[worker.id]
             worker.inbox.cancel_join_thread()
+            worker.outbox.close()
             self.stats.restarts += 1
             name = worker.spec.name
             for row in reversed(list(worker.held.values())):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -521,3 +522,38 @@ def test_unreachable_server_fails_fast_with_bounded_retries(tmp_path: Path) -> N
     proc, elapsed = run(probe)
     assert proc.stdout.strip() == "LoginError", proc.stderr[-2000:]
     assert elapsed < 30, f"the Session probe took {elapsed:.1f}s to fail"
+
+
+def test_the_server_check_says_what_happened(tmp_path: Path) -> None:
+    """A port that refuses the connection and a server that takes it and never replies are different failures,
+    and the message says which (issue 12: they were swapped); each is decided within the probe's timeout."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: a connection is refused
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes connections; nothing ever reads or replies
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
+    env |= {"CLEARML_CONFIG_FILE": str(tmp_path / "none.conf"), "CLEARML_API_ACCESS_KEY": "k",
+            "CLEARML_API_SECRET_KEY": "s"}
+    probe = (
+        "from resources.clearml_server import ServerUnavailableError, check_server\n"
+        "try:\n    check_server(timeout_s=2)\nexcept ServerUnavailableError as exc:\n    print(exc)\n"
+    )
+    try:
+        said = {}
+        for name, port in (("refused", closed_port), ("silent", silent.getsockname()[1])):
+            started = time.monotonic()
+            proc = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1],
+                                  env=env | {"CLEARML_API_HOST": f"http://127.0.0.1:{port}"},
+                                  capture_output=True, text=True, timeout=60)
+            said[name] = proc.stdout.strip()
+            assert time.monotonic() - started < 30, said[name]
+    finally:
+        silent.close()
+    assert "refused the connection" in said["refused"] and "no reply" not in said["refused"]
+    assert f"127.0.0.1:{closed_port}" in said["refused"]
+    assert "accepted the connection but sent no reply in 2 s" in said["silent"]
+    assert "refused" not in said["silent"]
+    assert all(text.startswith("the ClearML server http://127.0.0.1:") for text in said.values())

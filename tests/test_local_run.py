@@ -162,3 +162,69 @@ def test_progress_and_summary_are_printed(run: dict[str, Any]) -> None:
         assert f"] {step}" in run["proc"].stdout  # "[2/5] speech_translation": each step announced
         if index in (1, 2):
             assert f"{step}: 100%" in run["proc"].stderr  # each stage's tqdm bar reaches the end
+
+
+def test_source_is_the_input_path_as_given(run: dict[str, Any], inputs: Path) -> None:
+    """The same kind of path in every runtime: absolute, as the user gave it (tests/test_signals.py checks the
+    in-process and streaming runtimes)."""
+    sources = {r["id"]: r["source"] for r in run["rows"].values()}
+    assert sources["a_hola"] == str(inputs / "a_hola.wav")
+    assert sources["nested__c_playa"] == str(inputs / "nested" / "c_playa.flac")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+    return subprocess.run(
+        [sys.executable, "-m", "clearml_pipeline", "run", "--local", *args, "--models", "fixtures",
+         "--st-max-new-tokens", "8", "--mt-max-new-tokens", "8", "--tts-maxlenratio", "4"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+
+
+def test_a_rerun_into_the_same_out_inside_the_input_keeps_nothing_of_the_earlier_run(
+    fixture_caches: Any, tmp_path: Path
+) -> None:
+    """OUT inside the input folder is never read as input, and a rerun (here in the other runtime) leaves no WAV
+    of the earlier run's items in OUT/audio."""
+    folder, out = tmp_path / "clips", tmp_path / "clips" / "out"
+    speak(SPANISH_SENTENCES[0], folder / "a.wav")
+    speak(SPANISH_SENTENCES[1], folder / "b.wav")
+    first = _run("--runtime", "inprocess", "--input", str(folder), "--output", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert {p.name for p in (out / "audio").iterdir()} == {"a.wav", "b.wav"}
+    (folder / "b.wav").unlink()
+    speak(SPANISH_SENTENCES[2], folder / "c.wav")
+    second = _run("--input", str(folder), "--output", str(out))  # the steps runtime
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "is inside the input folder; it is not read as input" in second.stdout
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "c"]  # not out/audio/a.wav as an input
+    assert {p.name for p in (out / "audio").iterdir()} == {"a.wav", "c.wav"}  # no b.wav from the first run
+
+
+def test_an_output_that_is_a_file_or_cannot_be_written_is_one_sentence_and_exit_2(tmp_path: Path) -> None:
+    clip = tone(tmp_path / "a.wav", 1.0)
+    (tmp_path / "taken").write_text("a file")
+    # As root every folder is writable; /proc refuses new folders to anyone.
+    unwritable = Path("/proc/s2st-out") if os.geteuid() == 0 else tmp_path / "locked" / "out"
+    if os.geteuid() != 0:
+        (tmp_path / "locked").mkdir(mode=0o500)
+    for out, message in ((tmp_path / "taken", "is a file, not a folder"), (unwritable, "cannot be written")):
+        proc = _run("--input", str(clip), "--output", str(out))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_ids_do_not_shift_when_a_file_is_added(tmp_path: Path) -> None:
+    """A repeated id gets a hash of its own path, not a number counted among its siblings."""
+    from clearml_pipeline.inputs import discover_inputs
+
+    for name in ("x.mp3", "x.wav", "y.wav"):
+        (tmp_path / name).write_bytes(b"")
+    before = {item.path.name: item.id for item in discover_inputs(tmp_path)}
+    (tmp_path / "x.flac").write_bytes(b"")  # sorts first: it takes the plain id `x`
+    after = {item.path.name: item.id for item in discover_inputs(tmp_path)}
+    assert before["x.mp3"] == "x" and before["x.wav"].startswith("x-") and before["x.wav"] != "x-2"
+    assert after["x.wav"] == before["x.wav"] and after["y.wav"] == "y"
+    assert len(set(after.values())) == 4

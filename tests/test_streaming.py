@@ -297,7 +297,7 @@ class KillTheReplacementWarmingUp(StreamingRunner):
         worker = super()._spawn(spec)
         if len(getattr(self, "victims", [])) == 1:
             time.sleep(3)  # well into its start-up: importing torch, loading the model
-            assert not worker.ready
+            assert worker.process.is_alive()  # alive and warming up when it is killed
             os.kill(worker.process.pid, signal.SIGKILL)
             self.victims.append(worker.process.pid)
         return worker
