@@ -137,7 +137,11 @@ def launch(config: PipelineConfig, options: RemoteOptions) -> str:
             "--clearml` (or run with --local and --input DIR, which needs no server)"
         )
     check_server()
-    if not options.run_steps_locally:
+    if options.run_steps_locally:  # the steps load their models here: every one located before the first starts
+        from clearml_pipeline.model_check import check_models
+
+        check_models(config)
+    else:  # agents find their models in their own caches (or download them); this machine's say nothing
         check_repository()
     pipe = build_pipeline(config, options)
     if options.run_steps_locally:

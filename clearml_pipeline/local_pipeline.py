@@ -2,8 +2,9 @@
 
 OUT/steps/<task>/ holds each task's output folder (the next step's input), OUT/clearml/<step>.<task>.zip each
 step's offline session (`clearml-task --import-offline-session ZIP` uploads it to a server later), and OUT/ the
-final results.jsonl, summary.json, audio/, metrics.json, report.md and plots/. A step that fails to start (a
-missing model, a bad dataset) stops the run with its message; item failures are rows, never a stop.
+final results.jsonl, summary.json, audio/, metrics.json, report.md and plots/. Every model of every step is
+located first (clearml_pipeline.model_check), so a missing one stops the run before any step, with its message;
+a step that fails to start (a bad dataset) stops the run too; item failures are rows, never a stop.
 
 Interrupted (SIGINT or SIGTERM here, or a step process that was), the running step is sent the same signal and
 given STEP_GRACE_S to write its rows; then OUT/results.jsonl gets every item: the ones that went through every
@@ -27,6 +28,7 @@ from typing import Any
 
 from clearml_pipeline.execution import RESULTS, RUN_FILES, mark_interrupted, read_rows_leniently, start_outputs
 from clearml_pipeline.interrupts import received
+from clearml_pipeline.model_check import check_models
 from clearml_pipeline.pipeline import Node, PipelineConfig, plan
 from clearml_pipeline.step_task import PARENT_ENV
 from clearml_pipeline.step_work import MANIFEST
@@ -51,10 +53,12 @@ class StepFailedError(RuntimeError):
 def run_locally(
     config: PipelineConfig, dataset: Path, out: Path, shards: dict[str, int] | None = None
 ) -> dict[str, Any]:
-    """Run every task of the plan in order (a stage's shards one after another); returns the final summary."""
+    """Run every task of the plan in order (a stage's shards one after another); returns the final summary.
+    A model that cannot be located raises ModelUnavailableError before the first step starts."""
     out = out.resolve()
     started = time.perf_counter()
     start_outputs(out)
+    check_models(config)  # every step's models, before any step: not a missing TTS model after hours of Whisper
     config_path = out / "pipeline.json"
     config_path.write_text(json.dumps(config.to_dict() | {"shards": shards or {}}, indent=2), encoding="utf-8")
     env = os.environ | offline_environment(out / "clearml") | {PARENT_ENV: str(os.getpid())}

@@ -108,25 +108,40 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_vocoder(vocoder: str, cache_dir: Path, probe_timeout_s: float = 5.0) -> LocalModel | None:
-    """A parallel_wavegan zoo tag -> its cached checkpoint; Griffin-Lim -> None."""
+def locate_vocoder(vocoder: str, cache_dir: Path, probe_timeout_s: float = 5.0) -> Path | None:
+    """Where the vocoder is or will be fetched from, without loading or downloading it: a checkpoint file, the
+    zoo tag's cached archive (or, not cached, its cache folder once Google Drive answers); Griffin-Lim -> None.
+    A vocoder neither cached nor reachable raises ModelUnavailableError."""
     if vocoder == GRIFFIN_LIM:
         return None
     if Path(vocoder).expanduser().is_file():
-        path = Path(vocoder).expanduser().resolve()
-        return LocalModel(vocoder, "sha256:" + sha256_file(path)[:16], path)
+        return Path(vocoder).expanduser().resolve()
     if not vocoder.startswith("parallel_wavegan/"):
         raise ValueError(f"vocoder must be 'parallel_wavegan/<tag>', a checkpoint path or {GRIFFIN_LIM!r}: {vocoder!r}")
-    patch_scipy_kaiser()
-    from parallel_wavegan.utils import download_pretrained_model
-
     tag = vocoder.removeprefix("parallel_wavegan/")
-    if not (cache_dir / f"{tag}.tar.gz").exists() and not reachable("drive.google.com", probe_timeout_s):
+    archive = Path(cache_dir).expanduser() / f"{tag}.tar.gz"
+    if archive.exists():
+        return archive
+    if not reachable("drive.google.com", probe_timeout_s):
         raise ModelUnavailableError(
             f"vocoder {vocoder!r} is not in the parallel_wavegan cache ({cache_dir}) and Google Drive cannot be "
             f'reached. To supply it: run `python -c "from parallel_wavegan.utils import download_pretrained_model; '
             f"download_pretrained_model('{tag}')\"` on a connected machine and copy ~/.cache/parallel_wavegan, or "
             f"use --tts-vocoder {GRIFFIN_LIM}, or --models fixtures."
         )
+    return archive.parent
+
+
+def resolve_vocoder(vocoder: str, cache_dir: Path, probe_timeout_s: float = 5.0) -> LocalModel | None:
+    """A parallel_wavegan zoo tag -> its cached checkpoint (downloaded when missing); Griffin-Lim -> None."""
+    if vocoder != GRIFFIN_LIM and Path(vocoder).expanduser().is_file():
+        path = Path(vocoder).expanduser().resolve()
+        return LocalModel(vocoder, "sha256:" + sha256_file(path)[:16], path)
+    if locate_vocoder(vocoder, cache_dir, probe_timeout_s) is None:
+        return None
+    patch_scipy_kaiser()
+    from parallel_wavegan.utils import download_pretrained_model
+
+    tag = vocoder.removeprefix("parallel_wavegan/")
     path = Path(download_pretrained_model(tag, download_dir=str(cache_dir)))
     return LocalModel(vocoder, "sha256:" + sha256_file(path)[:16], path)

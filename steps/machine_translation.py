@@ -34,8 +34,9 @@ class MachineTranslationOptions:
     model: str = option(
         "Helsinki-NLP/opus-mt-en-zh",
         "MarianMT id, local folder or registry: ref",
-        model_ref=True,
+        model_ref="hf",
         revision="revision",
+        cache_field="model_cache",
         pipeline=True,
     )
     revision: str | None = option(None, "hub revision (commit) to pin; None: the cached or newest one")

@@ -30,15 +30,17 @@ class SpeechSynthesisOptions:
     model: str = option(
         "espnet/kan-bayashi_csmsc_tts_train_tacotron2_raw_phn_pypinyin_g2p_phone_train.loss.best",
         "ESPnet TTS model id (Hugging Face layout), local folder or registry: ref",
-        model_ref=True,
+        model_ref="hf",
         revision="revision",
+        cache_field="model_cache",
         pipeline=True,
     )
     revision: str | None = option(None, "hub revision (commit) to pin; None: the cached or newest one")
     vocoder: str = option(
         "parallel_wavegan/csmsc_hifigan.v1",
         "parallel_wavegan/<tag>, a checkpoint path, a registry: ref, or griffin_lim",
-        model_ref=True,
+        model_ref="vocoder",
+        cache_field="vocoder_cache",
         pipeline=True,
     )
     device: str = option("cpu", "cpu or cuda (Tacotron2 decodes step by step: CPU is where it is meant to run)")

@@ -35,8 +35,9 @@ class SpeechTranslationOptions:
     model: str = option(
         "openai/whisper-large",
         "Whisper id or local folder (a transformers checkpoint, or a CTranslate2/faster-whisper folder), or registry:",
-        model_ref=True,
+        model_ref="hf",
         revision="revision",
+        cache_field="model_cache",
         pipeline=True,
     )
     revision: str | None = option(None, "hub revision (commit) to pin; None: the cached or newest one")

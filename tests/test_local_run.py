@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,44 @@ def test_ids_do_not_shift_when_a_file_is_added(tmp_path: Path) -> None:
     assert before["x.mp3"] == "x" and before["x.wav"].startswith("x-") and before["x.wav"] != "x-2"
     assert after["x.wav"] == before["x.wav"] and after["y.wav"] == "y"
     assert len(set(after.values())) == 4
+
+
+@pytest.mark.parametrize(
+    ("flag", "model"), [("--mt-model", "nobody/no-such-mt-model"), ("--eval-asr-model", "nobody/no-such-asr-model")]
+)
+def test_a_missing_later_model_stops_the_steps_runtime_before_any_step(
+    fixture_caches: Any, tmp_path: Path, flag: str, model: str
+) -> None:
+    """The steps runtime starts each step in its own process; every step's models are located first, so a missing
+    machine translation (or evaluation ASR) model is exit 2 before speech translation ever ran."""
+    clip = tone(tmp_path / "a.wav", 1.0)
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    proc = _run("--input", str(clip), "--output", str(out), flag, model)  # fixture env: HF_HUB_OFFLINE=1
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and model in errors[0] and flag in errors[0] and "not in the local model cache" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert "[1/" not in proc.stdout  # no step was started, not even ingestion
+    assert not (out / "steps").exists() and not (out / "results.jsonl").exists()
+    assert elapsed < 120, f"took {elapsed:.0f} s"
+
+
+def test_the_controller_with_local_steps_checks_every_model_before_building_the_pipeline(
+    fixture_caches: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clearml_pipeline import controller
+    from clearml_pipeline.config import PipelineConfig
+    from resources.weights import ModelUnavailableError
+
+    monkeypatch.setattr("resources.clearml_server.check_server", lambda *a, **k: None)
+    built: list[Any] = []
+    monkeypatch.setattr(controller, "build_pipeline", lambda *a: built.append(a) or pytest.fail("pipeline built"))
+    config = PipelineConfig().updated(
+        {"runner": {"models": "fixtures"}, "speech_synthesis": {"model": "nobody/no-such-tts-model"}}
+    )
+    options = controller.RemoteOptions(dataset="some-dataset-id", run_steps_locally=True)
+    with pytest.raises(ModelUnavailableError, match=r"speech_synthesis\.model \(--tts-model\).*no-such-tts-model"):
+        controller.launch(config, options)
+    assert not built

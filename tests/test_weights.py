@@ -66,3 +66,19 @@ def test_run_without_models_fails_fast_with_the_model_named(tmp_path: Path) -> N
     assert "openai/whisper-large" in proc.stderr and "To supply it" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_vocoder_is_located_without_loading_or_downloading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the run's model check uses: a cached zoo archive or a checkpoint is found; a tag neither cached nor
+    reachable is a ModelUnavailableError naming it; Griffin-Lim needs nothing."""
+    monkeypatch.setattr(hub, "reachable", lambda *a, **k: False)
+    (tmp_path / "csmsc_hifigan.v1.tar.gz").write_bytes(b"archive")
+    checkpoint = tmp_path / "mine.pkl"
+    checkpoint.write_bytes(b"weights")
+    assert hub.locate_vocoder("parallel_wavegan/csmsc_hifigan.v1", tmp_path) == tmp_path / "csmsc_hifigan.v1.tar.gz"
+    assert hub.locate_vocoder(str(checkpoint), tmp_path / "elsewhere") == checkpoint.resolve()
+    assert hub.locate_vocoder(hub.GRIFFIN_LIM, tmp_path) is None
+    with pytest.raises(hub.ModelUnavailableError, match=r"'parallel_wavegan/no_such_tag'.*cannot be reached"):
+        hub.locate_vocoder("parallel_wavegan/no_such_tag", tmp_path)
+    with pytest.raises(ValueError, match="must be 'parallel_wavegan/<tag>'"):
+        hub.locate_vocoder("hifigan", tmp_path)

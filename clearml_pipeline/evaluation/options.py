@@ -10,7 +10,11 @@ from steps.options import option
 @dataclass(frozen=True)
 class EvaluationOptions:
     asr_model: str = option(
-        "openai/whisper-large", "Whisper id, local folder or registry: ref", model_ref=True, pipeline=True
+        "openai/whisper-large",
+        "Whisper id, local folder or registry: ref",
+        model_ref="hf",
+        cache_field="asr_model_cache",
+        pipeline=True,
     )
     asr_language: str = option("zh", "the language Whisper transcribes the synthesized speech in")
     asr_task: str = option("transcribe", "Whisper's task for the synthesized speech")
