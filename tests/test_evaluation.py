@@ -34,6 +34,7 @@ from clearml_pipeline.evaluation import (
     evaluate_command,
     evaluate_run,
     format_report,
+    format_table,
     latency_percentiles,
     normalize_asr_zh,
     normalize_zh,
@@ -96,8 +97,57 @@ def test_cer_ignores_punctuation_spaces_script_and_width() -> None:
     assert cer("今天天氣不好", "今天天气很好。") == pytest.approx(1 / 6)  # one substitution in six characters
     # Corpus CER is total edits over total reference characters: (1 + 1) / (6 + 3), not the mean of 1/6 and 1/3.
     assert corpus_cer(["今天天气不好", "你好"], ["今天天气很好", "你好吗"]) == pytest.approx(2 / 9)
-    assert cer("2024年", "二千零二十四年") == pytest.approx(6 / 7)  # digits are left alone
+    # Numbers are read out on both sides as the TTS reads them: Whisper's digits meet the spoken numerals.
+    assert cer("2024年", "二千零二十四年") == 0.0 and cer("二千零二十四年", "2024年") == 0.0
+    assert normalize_zh("１０%，3.5") == "百分之十三点五"  # full-width digits, percent, decimals
     assert cer("什么", "。，!") is None  # nothing to score against
+
+
+def test_spoken_numerals_heard_back_as_digits_are_not_errors() -> None:
+    """Whisper writes 一二三四五六七八九十 in digits; the TTS said characters. Both sides read numbers out."""
+    spoken = "一二三四五六七八九十"
+    assert cer("1、2、3、4、5、6、7、8、9、10", spoken) == 0.0
+    assert cer("1 2 3 4 5 6 7 8 9 10。", spoken) == 0.0
+    # Digits run together are one number, read digit by digit (as the TTS would read them): 十 vs 一零.
+    assert cer("12345678910", spoken) == pytest.approx(2 / 10)
+    assert cer("今天是2024年5月3日", "今天是二千零二十四年五月三日") == 0.0
+
+
+def test_intelligibility_reports_the_corpus_cer_and_the_per_item_spread(tmp_path: Path) -> None:
+    """Corpus CER stays total edits / total reference characters; a gibberish item above 1 is in the spread."""
+    from clearml_pipeline.evaluation.scoring import score_intelligibility
+
+    texts = {"a": "一二三四五六七八九十", "b": "今天天气很好", "c": "你好", "d": "谢谢"}
+    heard = {"a": "1、2、3、4、5、6、7、8、9、10", "b": "今天天氣不好", "c": "hello hello world", "d": "谢谢"}
+    (tmp_path / "audio").mkdir()
+    rows = []
+    for key, text in texts.items():
+        (tmp_path / "audio" / f"{key}.wav").write_bytes(b"")
+        rows.append(ItemResult(key, f"{key}.wav", zh_text=text, zh_audio=f"audio/{key}.wav"))
+    rows.append(ItemResult("e", "e.wav", status="error", stage="speech_translation", error="boom"))
+    items: list[dict[str, Any]] = [{"id": row.id} for row in rows]
+
+    def asr(paths: list[Path], language: str, task: str, desc: str) -> list[tuple[str | None, str]]:
+        assert (language, task) == ("zh", "transcribe")
+        return [(heard[path.stem], "") for path in paths]
+
+    block = score_intelligibility(tmp_path, rows, items, EvaluationOptions(), asr)  # type: ignore[arg-type]
+    per_item = {item["id"]: item["cer"] for item in items}
+    gibberish = len("helloHelloWorld")  # 15 letters against 2 characters: 15 edits
+    assert per_item == {"a": 0.0, "b": pytest.approx(1 / 6), "c": pytest.approx(gibberish / 2), "d": 0.0, "e": None}
+    # Total edits over total reference characters (10 + 6 + 2 + 2), not the mean of the per-item rates.
+    assert block["cer"] == pytest.approx((0 + 1 + gibberish + 0) / 20)
+    assert block["cer"] == pytest.approx(corpus_cer(list(heard.values()), list(texts.values())))
+    spread = block["cer_per_item"]
+    assert spread["items"] == 4 and spread["over_1"] == 1 and spread["max"] == pytest.approx(gibberish / 2)
+    assert spread["p50"] == pytest.approx(1 / 12)  # the median of 0, 0, 1/6, 7.5
+    assert set(spread) == {"items", "p50", "p90", "p95", "p99", "max", "over_1"}
+    assert block["scored_items"] == 4 and block["not_scored"] == {"failed at speech_translation": 1}
+    metrics = {"counts": {"items": 5}, "intelligibility": block, "spanish_wer": {**block, "wer": None},
+               "translation": {**block, "bleu": None, "chrf": None},
+               "throughput": {"items_per_s": None, "real_time_factor": None}, "latency_s": {}}  # fmt: skip
+    table = format_table(metrics)
+    assert "| CER per item: p50 / p90 / max | 8.3% / " in table and "750.0%; 1 of 4 item(s) over 100% |" in table
 
 
 def test_wer_uses_whispers_normalizer() -> None:
@@ -290,6 +340,10 @@ def test_metrics_json_has_the_stable_keys(run: dict[str, Any]) -> None:
     assert metrics["dataset"]["matched_items"] == 3 and metrics["dataset"]["manifest_rows"] == 4
     assert metrics["fixture_models"] is True and metrics["asr"]["model_id"] == "openai/whisper-large"
     assert metrics["asr"]["max_new_tokens"] == 8
+    spread = metrics["intelligibility"]["cer_per_item"]  # beside the corpus CER: how the per-item rates spread
+    scored = [item["cer"] for item in metrics["items"] if item["cer"] is not None]
+    assert spread["items"] == len(scored) == metrics["intelligibility"]["scored_items"]
+    assert spread["max"] == max(scored) and spread["over_1"] == sum(c > 1 for c in scored)
     assert {key for key, *_ in QUALITY_KEYS} <= set(metrics["quality"])
     assert metrics["quality"]["zh_bleu"] is None and metrics["zh_translation"]["not_scored"] == {
         "no reference_zh in manifest": 2, "not in manifest": 1, "failed at input": 1
@@ -354,6 +408,7 @@ def test_report_md_says_what_was_scored_and_warns_about_fixtures(run: dict[str, 
     assert run["metrics"]["translation"]["chrf_signature"] in report
     assert "| BLEU (English vs reference_en) | " in report and "1/4" in report
     assert "- failed at input: `d_empty`" in report and "- no reference_en in manifest: `b`" in report
+    assert "| CER per item: p50 / p90 / max | " in report and "numbers read out as the TTS reads them" in report
     quiet = format_report(run["metrics"] | {"fixture_models": False})
     assert "WARNING" not in quiet
 

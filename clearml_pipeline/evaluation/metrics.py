@@ -73,19 +73,29 @@ def _t2s() -> Any:
     return opencc.OpenCC("t2s")
 
 
-def normalize_zh(text: str) -> str:
-    """Chinese for CER: NFKC (full-width forms), casefold, traditional -> simplified, no punctuation or spaces.
-
-    Whisper writes Mandarin in either script, so the fold keeps script choice out of the error rate. Digits
-    are left alone: "2024" against the spoken "二千零二十四" counts as errors.
-    """
-    text = _t2s().convert(unicodedata.normalize("NFKC", text).casefold())
-    return "".join(c for c in text if not c.isspace() and unicodedata.category(c)[0] not in "PZC")
-
-
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
 ASR_NORMALIZATION = "nfkc+casefold+numbers+t2s+nopunct"  # the signature's `norm` field for ASR-BLEU
+
+
+def _read_numbers(text: str) -> str:
+    """Numbers read out as the TTS reads them (steps.zh_text.normalize_numbers), after NFKC and casefolding:
+    "1,000" -> 一千, "50%" -> 百分之五十, "10" -> 十."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return normalize_numbers(_PERCENT.sub(lambda m: "百分之" + m.group(1), _THOUSANDS.sub("", text)))
+
+
+def normalize_zh(text: str) -> str:
+    """Chinese for CER: NFKC (full-width forms), casefold, numbers read out, traditional -> simplified, no
+    punctuation or spaces.
+
+    Whisper writes Mandarin in either script and writes numbers as digits, so the fold keeps both out of the
+    error rate: the same on both sides, the way the TTS reads digits (steps.zh_text.normalize_numbers), so a
+    zh_text "2024" spoken as 二千零二十四 and heard back as "2024" meets itself, and a spoken 一二三 heard as "1、2、3"
+    scores 0. Digits Whisper runs together ("12345678910" for 一...十) are one number, read digit by digit.
+    """
+    text = _t2s().convert(_read_numbers(text))
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c)[0] not in "PZC")
 
 
 def normalize_asr_zh(text: str) -> str:
@@ -93,9 +103,7 @@ def normalize_asr_zh(text: str) -> str:
     punctuation dropped. Speech has no punctuation and Whisper writes numbers and script as it likes ("8点" or
     "八点", 這 or 这): the fold scores what was said, not how Whisper spelt it. The TTS reads digits the same way
     (steps.zh_text.normalize_numbers), so a reference's "300" and the speech's "三百" meet."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = _PERCENT.sub(lambda m: "百分之" + m.group(1), _THOUSANDS.sub("", text))
-    text = _t2s().convert(normalize_numbers(text))
+    text = _t2s().convert(_read_numbers(text))
     kept = "".join(" " if unicodedata.category(c)[0] in "PZCS" else c for c in text)
     return " ".join(kept.split())
 
@@ -110,6 +118,13 @@ def corpus_cer(hyps: Sequence[str], refs: Sequence[str]) -> float | None:
     pairs = [(normalize_zh(h), normalize_zh(r)) for h, r in zip(hyps, refs, strict=True)]
     total = sum(len(r) for _, r in pairs)
     return sum(edit_distance(h, r) for h, r in pairs) / total if total else None
+
+
+def cer_distribution(scores: Sequence[float]) -> dict[str, Any]:
+    """How per-item CERs spread, beside the corpus CER: p50/p90/p95/p99 (clearml_pipeline.figures), the worst,
+    and how many items are above 1 (more edits than reference characters: Latin or repeated gibberish)."""
+    return {"items": len(scores), **percentiles(scores), "max": max(scores, default=None),
+            "over_1": sum(score > 1.0 for score in scores)}
 
 
 @cache

@@ -96,6 +96,10 @@ def format_table(metrics: dict[str, Any]) -> str:
     ):
         value = value if block["reason"] is None else f"n/a: {block['reason']}"
         lines.append(f"| {name} | {value} | {' | '.join(_accounting(block, n))} |")
+        if block is i and block["reason"] is None and (spread := i.get("cer_per_item")):
+            figures = " / ".join(_number(spread[key], percent=True) for key in ("p50", "p90", "max"))
+            lines.append(f"| CER per item: p50 / p90 / max | {figures}; {spread['over_1']} of {spread['items']} "
+                         f"item(s) over 100% | {' | '.join(_accounting(block, n))} |")
     rtf = _number(tp["real_time_factor"])
     lines.append(f"| throughput | {_number(tp['items_per_s'])} items/s, real-time factor {rtf} | {n} items | - |")
     lines += ["", f"| latency (s) | {' | '.join(LATENCY_KEYS)} |", "|---" * (len(LATENCY_KEYS) + 1) + "|"]
@@ -141,8 +145,10 @@ def format_report(metrics: dict[str, Any]) -> str:
         "",
         f"- BLEU signature: `{metrics['translation']['bleu_signature']}`",
         f"- chrF signature: `{metrics['translation']['chrf_signature']}`",
-        "- CER: characters after NFKC, casefolding, traditional -> simplified (OpenCC t2s), without punctuation "
-        "and spaces; the reference is zh_text less the characters the TTS could not say; digits are not converted.",
+        "- CER: total edits over total reference characters (the per-item rates' spread beside it), characters "
+        "after NFKC, casefolding, numbers read out as the TTS reads them (so Whisper's digits meet the spoken "
+        "numerals), traditional -> simplified (OpenCC t2s), without punctuation and spaces; the reference is "
+        "zh_text less the characters the TTS could not say.",
         "- WER: words after Whisper's BasicTextNormalizer.",
     ]
     if metrics["asr"]:
@@ -182,6 +188,9 @@ def report_metrics(metrics: dict[str, Any], logger: Any) -> None:
     for key, value in metrics.get("quality", {}).items():  # absent from a metrics.json older than FLEURS scoring
         if key in QUALITY_LABELS and key != "cer" and value is not None:
             logger.report_scalar("quality", key, value, iteration=0)
+    for key, value in (metrics["intelligibility"].get("cer_per_item") or {}).items():  # the spread beside it
+        if key != "items" and value is not None:
+            logger.report_scalar("cer per item", key, value, iteration=0)
     for key in ("translation", "intelligibility", "spanish_wer", "zh_translation", "asr_translation"):
         if key in metrics:
             logger.report_scalar("scored items", key, metrics[key]["scored_items"], iteration=0)

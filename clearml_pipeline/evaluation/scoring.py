@@ -15,6 +15,7 @@ from typing import Any
 
 from clearml_pipeline.evaluation.metrics import (
     cer,
+    cer_distribution,
     corpus_cer,
     corpus_wer,
     latency_percentiles,
@@ -147,7 +148,11 @@ def score_intelligibility(
     texts = asr([path for _, path, _ in todo], options.asr_language, options.asr_task, "transcribing zh")
     hyps, golds = score_transcripts(items, "intelligibility", todo, texts, "asr_zh", "cer", cer)
     why = "disabled (--intelligibility false)" if not options.intelligibility else "no synthesized audio to transcribe"
-    return section(items, "intelligibility", {"cer": corpus_cer(hyps, golds) if hyps else None}, why)
+    # The corpus CER is total edits / total reference characters; the per-item spread is shown beside it (an item
+    # of Latin gibberish can score far above 1 on its own and would dominate a mean of per-item rates).
+    per_item = [items[index]["cer"] for index, _, _ in todo if items[index]["cer"] is not None]
+    values = {"cer": corpus_cer(hyps, golds) if hyps else None, "cer_per_item": cer_distribution(per_item)}
+    return section(items, "intelligibility", values, why)
 
 
 def score_spanish(
