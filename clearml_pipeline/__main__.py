@@ -247,9 +247,10 @@ def write_interrupted(args: argparse.Namespace, rows: list[Any] | None = None) -
             rows = [ItemResult(item.id, str(item.path)) for item in list_inputs(args, limit)]
     rows = complete_results(args.output / RESULTS, rows, "run interrupted before this item finished")
     if not (args.output / "summary.json").is_file():
-        from clearml_pipeline.results import summarize
+        from clearml_pipeline.results import configured_models, run_device, summarize
 
-        summary = summarize(rows, [], {}, 0.0, config_from_flags(args).to_dict(), "not recorded")
+        config = config_from_flags(args)  # no model was loaded yet: the ones the config names
+        summary = summarize(rows, configured_models(config), {}, 0.0, config.to_dict(), run_device(config))
         summary["interrupted"] = True
         (args.output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"interrupted: {sum(r.ok for r in rows)} of {len(rows)} item(s) done; every row in "

@@ -165,7 +165,7 @@ def salvage(
     """Every item's row in OUT after an interrupted or dead step: the last step that wrote all its rows, with what
     the stopped step finished laid over it; a row that has not been through every stage (and did not fail or
     have no speech earlier) is marked interrupted, or failed with `died`."""
-    from clearml_pipeline.results import summarize
+    from clearml_pipeline.results import run_device, summarize, with_configured
     from clearml_pipeline.step_work import PARTIAL, dataset_rows
 
     folders = {node.name: out / "steps" / node.name for node, _ in launched}
@@ -195,12 +195,28 @@ def salvage(
         mark_interrupted(unfinished, "run interrupted before this item went through every stage")
     _copy_audio(rows, [folders[node.name] for node, _ in reversed(launched)], out)
     write_rows(out / RESULTS, as_given(rows, dataset))
-    summary = summarize(rows, [], {}, time.perf_counter() - started, config.to_dict(), "not recorded")
+    models, registry = _loaded_models(folders, launched)
+    summary = summarize(rows, with_configured(models, config), {}, time.perf_counter() - started,
+                        config.to_dict(), run_device(config.run))
+    summary["registry"] = registry
     summary["interrupted"] = interrupted is not None
     if interrupted is not None:
         summary["interrupted_by"] = interrupted
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     return summary
+
+
+def _loaded_models(folders: dict[str, Path], launched: list[tuple[Node, float]]) -> tuple[list[Any], dict[str, Any]]:
+    """The models (and registry refs) the last step that finished during this run recorded in its run.json:
+    every model loaded so far, with exact revisions."""
+    from steps.base import ModelInfo
+
+    for node, at in reversed(launched):
+        path = folders[node.name] / "run.json"
+        if path.is_file() and path.stat().st_mtime >= at:
+            run = json.loads(path.read_text(encoding="utf-8"))
+            return [ModelInfo(**m) for m in run.get("models", [])], run.get("registry", {})
+    return [], {}
 
 
 def sessions(out: Path, since: float = 0.0) -> list[Path]:

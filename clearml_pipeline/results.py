@@ -6,14 +6,14 @@ Later steps (ClearML tasks, evaluation, benchmarks) read it, so its field names 
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from importlib import metadata
 from typing import Any
 
 from clearml_pipeline.figures import percentiles, stage_figures
 from steps.base import ModelInfo
 from steps.results import ItemResult
-from steps.stages import stage_names
+from steps.stages import STAGES, stage_names
 
 VERSIONED_PACKAGES = (
     "torch",
@@ -71,6 +71,27 @@ def summarize(
         "versions": versions(),
         "config": config,
     }
+
+
+def configured_models(config: Any) -> list[ModelInfo]:
+    """The models a run's config names (a RunConfig or PipelineConfig), one per role of each stage
+    (StageSpec.models), with the revision the config pins or "" (not known: the model was not loaded)."""
+    stages = getattr(config, "run", config).stages
+    found = []
+    for spec in STAGES:
+        options = stages[spec.name]
+        by_name = {f.name: f for f in fields(options)}
+        for role, name in spec.models.items():
+            pin = by_name[name].metadata.get("revision")
+            found.append(ModelInfo(role, str(getattr(options, name)), (getattr(options, pin) if pin else None) or ""))
+    return found
+
+
+def with_configured(models: list[ModelInfo], config: Any) -> list[ModelInfo]:
+    """The models loaded, and for every role none was loaded for (a run interrupted before it loaded them)
+    the model the config names: a summary always says which models the run was made with."""
+    loaded = {info.role for info in models}
+    return [*models, *(info for info in configured_models(config) if info.role not in loaded)]
 
 
 def run_device(config: Any) -> str:

@@ -28,7 +28,7 @@ from clearml_pipeline.execution import (
 )
 from clearml_pipeline.inputs import InputItem
 from clearml_pipeline.replicas import StreamingOptions, available_cores, is_gpu_stage, plan
-from clearml_pipeline.results import run_device, summarize
+from clearml_pipeline.results import run_device, summarize, with_configured
 from clearml_pipeline.streaming import StreamingRunner, WorkerStartError
 from steps.base import ModelInfo, Stage
 from steps.results import ItemResult, write_rows
@@ -54,6 +54,7 @@ def build_stages(config: RunConfig) -> dict[str, Stage[Any, Any]]:
 def _summary(
     config: RunConfig, rows: list[ItemResult], models: list[ModelInfo], busy: dict[str, float], started: float
 ) -> dict[str, Any]:
+    models = with_configured(models, config)  # interrupted while loading: the config's models, revisions unknown
     return summarize(rows, models, busy, time.perf_counter() - started, config.to_dict(), run_device(config))
 
 

@@ -138,6 +138,30 @@ def check_every_row(run: Run, clips: Path, code: int, signum: int) -> list[dict[
     return rows
 
 
+ROLES = ("speech_translation", "machine_translation", "speech_synthesis", "vocoder")
+
+
+def check_summary(out: Path) -> dict[str, dict[str, Any]]:
+    """summary.json after the interrupt: marked so, every item counted, and still saying which models (by role,
+    the ids the config names) and which device the run was made with; returns its models by role."""
+    from steps.device import pick_device
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["counts"]["items"] == N_CLIPS
+    models = {m["role"]: m for m in summary["models"]}
+    config = summary["config"]
+    assert set(ROLES) <= set(models), summary["models"]
+    for role, section, name in (
+        ("speech_translation", "speech_translation", "model"),
+        ("machine_translation", "machine_translation", "model"),
+        ("speech_synthesis", "speech_synthesis", "model"),
+        ("vocoder", "speech_synthesis", "vocoder"),
+    ):
+        assert models[role]["model_id"] == config[section][name], models[role]
+    assert summary["device"] == pick_device(config["speech_translation"]["device"])  # not "not recorded"
+    return models
+
+
 @pytest.mark.parametrize(
     ("runtime", "signum", "when"),
     [
@@ -168,8 +192,9 @@ def test_a_signal_writes_every_row_and_leaves_no_process(
         assert set(statuses) == {"error"}  # nothing had started
     if runtime == "streaming":
         assert len(run.seen_running("spawn_main")) >= 3 and run.seen_running("resource_tracker")
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] is True and summary["counts"]["items"] == N_CLIPS
+    models = check_summary(out)
+    if when == "rows":  # loaded before the interrupt: their exact revisions
+        assert all(models[role]["revision"] for role in ROLES), models
 
 
 def test_steps_runtime_sigterm_then_a_rerun_with_other_audio_is_fresh(clips: Path, tmp_path: Path) -> None:
@@ -183,6 +208,7 @@ def test_steps_runtime_sigterm_then_a_rerun_with_other_audio_is_fresh(clips: Pat
     assert run.seen_running("step_task")
     rows = check_every_row(run, clips, run.stop(signal.SIGTERM), signal.SIGTERM)
     assert {r["stage"] for r in rows} == {"interrupted"}  # none had been through every stage
+    check_summary(out)
     partial = [json.loads(line) for line in (out / "steps" / "speech_translation" / "partial.jsonl").open()]
     assert [r["id"] for r in partial if r["status"] == "ok" and r["en_text"]]  # the step did finish some rows
 
