@@ -1,7 +1,10 @@
 """Stage 3, speech synthesis: Chinese text -> audio with ESPnet2 Text2Speech (CSMSC Tacotron2 + vocoder).
 
-The acoustic model comes through espnet_model_zoo's Hugging Face layout, the vocoder through
-parallel_wavegan's zoo (`parallel_wavegan/<tag>`) or Griffin-Lim (`griffin_lim`). Numbers are read out,
+The acoustic model comes through espnet_model_zoo's Hugging Face layout (an `espnet/...` hub id, or the zoo's
+`kan-bayashi/...` name, read as its hub mirror `espnet/kan-bayashi_...`): Tacotron2 by default, or any other
+ESPnet2 TTS model such as the CSMSC Conformer FastSpeech2. The vocoder comes through parallel_wavegan's zoo
+(`parallel_wavegan/<tag>`: csmsc_hifigan.v1 by default, csmsc_multi_band_melgan.v2, ...) or is Griffin-Lim
+(`griffin_lim`); parallel_wavegan's load_model attaches the PQMF a multi-band generator needs. Numbers are read out,
 characters the model's token list cannot say (Latin letters, symbols) are dropped and recorded, and long
 text is synthesized sentence by sentence with a short pause between pieces.
 """
@@ -29,7 +32,7 @@ class SpeechSynthesisOptions:
     backend: str = option("espnet", "espnet (Text2Speech)")
     model: str = option(
         "espnet/kan-bayashi_csmsc_tts_train_tacotron2_raw_phn_pypinyin_g2p_phone_train.loss.best",
-        "ESPnet TTS model id (Hugging Face layout), local folder or registry: ref",
+        "ESPnet TTS model: hub id (espnet/...), zoo name (kan-bayashi/...), local folder or registry: ref",
         model_ref=True,
         revision="revision",
         pipeline=True,
@@ -49,6 +52,7 @@ class SpeechSynthesisOptions:
     minlenratio: float = option(0.0, "Tacotron2: at least this many frames per input token")
     threshold: float = option(0.5, "Tacotron2: stop-token probability that ends decoding")
     # Pieces of all the items of a call share forward passes (steps.tacotron_batch); 1 is ESPnet's own path.
+    # Only Tacotron2 decodes in batches; other acoustic models (FastSpeech2) go piece by piece through ESPnet.
     batch_size: int = option(8, "text pieces synthesized together in one Tacotron2 + HiFiGAN pass; 1: one by one")
     # Measured on 2 CPU cores (full-size HiFiGAN, 8 pieces): one padded generator call took 2.5x the time of
     # eight lone calls (long padded convolutions thrash the caches), so the CPU default vocodes piece by piece.
@@ -87,7 +91,9 @@ class EspnetSynthesizer(Stage[str, Speech]):
         from espnet_model_zoo.downloader import ModelDownloader
 
         opts = self.options
-        self.local = resolve_hf_model(opts.model, opts.revision, cache_dir=opts.model_cache, library_name="espnet")
+        self.local = resolve_hf_model(
+            hub_id(opts.model), opts.revision, cache_dir=opts.model_cache, library_name="espnet"
+        )
         # The zoo rewrites the relative paths inside config.yaml to this snapshot (its own unpack step).
         files = ModelDownloader._unpack_cache_dir_for_huggingfase(str(self.local.path))
         self.vocoder = resolve_vocoder(opts.vocoder, Path(os.path.expanduser(opts.vocoder_cache)))
@@ -193,6 +199,15 @@ class EspnetSynthesizer(Stage[str, Speech]):
     def batch_vocoder(self) -> bool:
         choice = self.options.batch_vocoder.strip().lower()
         return self.options.device.startswith("cuda") if choice == "auto" else choice in ("1", "true", "yes", "on")
+
+
+def hub_id(model: str) -> str:
+    """The Hugging Face id for `model`: espnet_model_zoo's `kan-bayashi/<name>` names are mirrored on the hub as
+    `espnet/kan-bayashi_<name>` (their table.csv points at Zenodo, which this stage does not fetch from); hub
+    ids and local folders pass through."""
+    if model.startswith("kan-bayashi/") and not Path(model).expanduser().is_dir():
+        return "espnet/" + model.replace("/", "_", 1)
+    return model
 
 
 def denormalized(model: torch.nn.Module, feat_gen: torch.Tensor) -> torch.Tensor:
