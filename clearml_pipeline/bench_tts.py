@@ -37,7 +37,7 @@ def tts_fixture_root(full: bool) -> Path:
 
 
 def tts_fixture_caches(root: Path, full: bool) -> Any:
-    """The TTS fixtures alone (both acoustic models and both vocoders, tiny or full-size), built once under
+    """The TTS fixtures alone (the three acoustic models and both vocoders, tiny or full-size), built once under
     `root` (a file lock; the marker, written last, records the builder code and library versions like
     build_fixtures' own)."""
     import shutil
@@ -64,14 +64,14 @@ def tts_fixture_caches(root: Path, full: bool) -> Any:
         for name in NLTK_PLACEHOLDERS:
             write_empty_zip(caches.nltk_data / name)
         with quiet_build(caches):
-            build_tts(caches, staging, full)
+            build_tts(caches, staging, full, vits=True)
         shutil.rmtree(staging)
         marker.write_text(json.dumps(expected, indent=2) + "\n")
     return caches
 
 
 def stage_options(models: str, frames_per_phone: float, model: str | None, vocoder: str | None) -> Any:
-    from steps.speech_synthesis import SpeechSynthesisOptions
+    from steps.speech_synthesis import SpeechSynthesisOptions, hub_id
 
     options = SpeechSynthesisOptions()
     if models != "hub":
@@ -79,8 +79,10 @@ def stage_options(models: str, frames_per_phone: float, model: str | None, vocod
         from registry.model_sets import fixtures_root
 
         full = models == "fixtures-full"
-        caches = caches_under(fixtures_root(full))  # a complete build of the whole set serves as it is
-        if not is_complete(caches, full):
+        # A complete build of the whole set serves as it is, when it holds the model (VITS is only in the TTS set).
+        caches = caches_under(fixtures_root(full))
+        wanted = caches.espnet_cache / f"models--{hub_id(model or options.model).replace('/', '--')}"
+        if not (is_complete(caches, full) and wanted.is_dir()):
             caches = tts_fixture_caches(tts_fixture_root(full), full)
         os.environ.setdefault("NLTK_DATA", str(caches.nltk_data))  # g2p_en's import-time nltk.download
         options = replace(

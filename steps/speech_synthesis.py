@@ -84,6 +84,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
         self.options = options or SpeechSynthesisOptions()
         self.local: LocalModel | None = None
         self.vocoder: LocalModel | None = None
+        self.text_to_wave = False
 
     def setup(self) -> None:
         patch_scipy_kaiser()
@@ -96,7 +97,11 @@ class EspnetSynthesizer(Stage[str, Speech]):
         )
         # The zoo rewrites the relative paths inside config.yaml to this snapshot (its own unpack step).
         files = ModelDownloader._unpack_cache_dir_for_huggingfase(str(self.local.path))
-        self.vocoder = resolve_vocoder(opts.vocoder, Path(os.path.expanduser(opts.vocoder_cache)))
+        # A text-to-wave model (VITS) has no vocoder: none is resolved, so none need be cached.
+        self.text_to_wave = text_to_wave(Path(files["train_config"]))
+        self.vocoder = (
+            None if self.text_to_wave else resolve_vocoder(opts.vocoder, Path(os.path.expanduser(opts.vocoder_cache)))
+        )
         self.tts = Text2Speech(
             **files,
             vocoder_file=str(self.vocoder.path) if self.vocoder else None,
@@ -114,6 +119,8 @@ class EspnetSynthesizer(Stage[str, Speech]):
         infos = [ModelInfo("speech_synthesis", self.local.model_id, self.local.revision, str(self.local.path))]
         if self.vocoder is not None:
             infos.append(ModelInfo("vocoder", self.vocoder.model_id, self.vocoder.revision, str(self.vocoder.path)))
+        elif self.text_to_wave:
+            infos.append(ModelInfo("vocoder", NO_VOCODER, "n/a"))
         else:
             infos.append(ModelInfo("vocoder", GRIFFIN_LIM, "n/a"))
         return infos
@@ -199,6 +206,21 @@ class EspnetSynthesizer(Stage[str, Speech]):
     def batch_vocoder(self) -> bool:
         choice = self.options.batch_vocoder.strip().lower()
         return self.options.device.startswith("cuda") if choice == "auto" else choice in ("1", "true", "yes", "on")
+
+
+NO_VOCODER = "none (text to wave)"
+
+
+def text_to_wave(train_config: Path) -> bool:
+    """Whether the model of this config.yaml makes the wave itself: ESPnet's GAN TTS models (VITS, JETS, joint
+    text2wav) all do, which is what their `require_vocoder` says; read from the class, before loading weights."""
+    import yaml
+    from espnet2.gan_tts.abs_gan_tts import AbsGANTTS
+    from espnet2.tasks.tts import tts_choices
+
+    with train_config.open(encoding="utf-8") as f:
+        cls = tts_choices.get_class(yaml.safe_load(f)["tts"])
+    return cls is not None and issubclass(cls, AbsGANTTS)
 
 
 def hub_id(model: str) -> str:

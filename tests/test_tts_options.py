@@ -1,5 +1,5 @@
-"""The other TTS options on the fixtures: the multi-band MelGAN vocoder and the Conformer FastSpeech2 acoustic
-model, each loaded by the unchanged stage code from the caches under the real ids, offline."""
+"""The other TTS options on the fixtures: the multi-band MelGAN vocoder, the Conformer FastSpeech2 acoustic
+model and the text-to-wave VITS, each loaded by the unchanged stage code from caches under the real ids, offline."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from registry.fixtures import FASTSPEECH2_ID, MB_MELGAN_TAG, FixtureCaches
+from registry.fixtures import FASTSPEECH2_ID, MB_MELGAN_TAG, VITS_ID, FixtureCaches
 from registry.fixtures.espnet_fastspeech2 import FRAMES_PER_TOKEN, ZOO_TAG
-from steps.speech_synthesis import EspnetSynthesizer, Speech, denormalized, hub_id
+from registry.fixtures.espnet_vits import ZOO_TAG as VITS_ZOO_TAG
+from steps.speech_synthesis import NO_VOCODER, EspnetSynthesizer, Speech, denormalized, hub_id
 from steps.tacotron_batch import batchable, batched_hifigan, prenet_dropout, vocode
 from tests.configs import fixture_config
 
@@ -177,3 +178,42 @@ def test_full_size_options_have_the_recipes_widths(fixture_caches: FixtureCaches
     speech = full.process(["你好"])[0]
     assert isinstance(speech, Speech)
     assert len(speech.samples) == FRAMES_PER_TOKEN * (token_count(full, "你好") + 1) * HOP
+
+
+@pytest.fixture(scope="module")
+def vits_cache(tmp_path_factory: pytest.TempPathFactory, fixture_caches: FixtureCaches) -> Path:
+    """A tiny VITS alone, seeded under its hub id (the model sets leave VITS out; see build_tts)."""
+    from registry.fixtures import espnet_vits, quiet_build
+    from registry.fixtures._files import seed_hf_repo
+
+    root = tmp_path_factory.mktemp("vits")
+    with quiet_build(fixture_caches):
+        espnet_vits.build(root / "staged", scratch=root / "recipe")
+    seed_hf_repo(root / "espnet", VITS_ID, root / "staged")
+    return root / "espnet"
+
+
+def test_vits_needs_no_vocoder_and_speaks_as_espnet_does(vits_cache: Path) -> None:
+    from espnet2.gan_tts.vits import VITS
+
+    stage = stage_with(model=VITS_ID, model_cache=str(vits_cache), vocoder="parallel_wavegan/not_cached.v1")
+    assert isinstance(stage.tts.tts, VITS) and stage.tts.vocoder is None and stage.text_to_wave
+    assert {m.role: m.model_id for m in stage.models()} == {"speech_synthesis": VITS_ID, "vocoder": NO_VOCODER}
+    item = "你好。明天见！"
+    torch.manual_seed(0)  # VITS samples its durations and latents
+    speech = stage.process([item])[0]
+    assert isinstance(speech, Speech) and speech.sample_rate == 22_050 and speech.pieces == 2
+    pieces = stage.pieces(item)
+    assert not isinstance(pieces, Exception)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        waves = [stage.tts(p)["wav"].numpy() for p in pieces[0]]
+    pause = np.zeros(int(stage.options.pause_seconds * 22_050))
+    expected = np.concatenate([waves[0], pause, waves[1]])
+    assert speech.samples.shape == expected.shape and float(np.abs(speech.samples - expected).max()) <= 1e-5
+    assert all(len(w) % 256 == 0 and len(w) > 0 for w in waves)  # whole frames of the 256-sample hop
+
+
+def test_vits_by_its_zoo_name(vits_cache: Path) -> None:
+    stage = stage_with(model=VITS_ZOO_TAG, model_cache=str(vits_cache))
+    assert stage.local is not None and stage.local.model_id == VITS_ID and stage.vocoder is None
