@@ -6,10 +6,12 @@ One loaded stage (EspnetSynthesizer) synthesizes `--requests` texts (registry.fi
 in calls of `--items-per-call` items, once per batch size after a warm-up call; OUT/bench_tts.json has, per
 batch size, items_per_s, rtf (synthesis seconds / audio seconds) and audio_seconds, plus max_abs_diff: the
 largest difference between the batched mels and ESPnet's own one-at-a-time Text2Speech mels with the prenet's
-inference dropout off (and max_abs_diff_wave for the vocoder on the same mels).
+inference dropout off (and max_abs_diff_wave for the vocoder on the same mels), and acoustic_rtf / vocoder_rtf:
+each alone, one piece at a time, on the first `--items-per-call` texts.
 
-Fixture model sets use the fixture caches when a complete build is there; otherwise they build only the two
-TTS fixtures (never whisper-large), under ~/.cache/s2st/tts-fixtures(-full), or $S2ST_TTS_FIXTURES_DIR.
+Fixture model sets use the fixture caches when a complete build there holds the model; otherwise they build
+only the TTS fixtures (Tacotron2, FastSpeech2, VITS, HiFiGAN, MB-MelGAN; never whisper-large), under
+~/.cache/s2st/tts-fixtures(-full), or $S2ST_TTS_FIXTURES_DIR.
 Their stop token never fires, so every piece decodes exactly `--frames-per-phone` x (phones + 1) frames
 (maxlenratio): random weights then cost what real speech costs (CSMSC speech: about 10 frames of 12.5 ms
 per phone).
@@ -95,7 +97,7 @@ def stage_options(models: str, frames_per_phone: float, model: str | None, vocod
     return replace(options, **changes)
 
 
-def equivalence(stage: Any, texts: list[str]) -> tuple[float | None, float]:
+def equivalence(stage: Any, texts: list[str]) -> tuple[float | None, float | None]:
     """Largest |batched - ESPnet one-at-a-time| over every frame of the mels (prenet dropout off) and over
     every sample of the waves vocoded from the same mels. The mel figure is None for an acoustic model the
     stage does not batch (FastSpeech2 goes through ESPnet piece by piece: there is nothing to compare)."""
@@ -105,6 +107,8 @@ def equivalence(stage: Any, texts: list[str]) -> tuple[float | None, float]:
     from steps.tacotron_batch import batchable, prenet_dropout, tacotron2_inference, vocode
 
     t2s, opts = stage.tts, stage.options
+    if t2s.vocoder is None:  # VITS: no features, no vocoder, nothing batched
+        return None, None
     pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
     ids = [torch.as_tensor(t2s.preprocess_fn("<dummy>", {"text": p})["text"]).long() for p in pieces]
     with torch.inference_mode():
@@ -120,6 +124,32 @@ def equivalence(stage: Any, texts: list[str]) -> tuple[float | None, float]:
         waves = vocode(t2s.vocoder, feats)
         wave_diff = max(_diff(w, t2s.vocoder(f).view(-1)) for w, f in zip(waves, feats, strict=True))
     return mel_diff, wave_diff
+
+
+def components(stage: Any, texts: list[str]) -> dict[str, float | None]:
+    """Real-time factors of the acoustic model and of the vocoder, each alone on the pieces of `texts`, one
+    piece at a time (ESPnet's own path): where a pairing's time goes. The vocoder's is None for a model that
+    makes the wave itself (VITS)."""
+    import torch
+
+    t2s = stage.tts
+    pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
+    vocoder, t2s.vocoder = t2s.vocoder, None  # Text2Speech then stops at the features (or VITS's wave)
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            outs = [t2s(p) for p in pieces]
+            acoustic = time.perf_counter() - start
+            if vocoder is None:
+                return {"acoustic_rtf": acoustic / (sum(len(o["wav"]) for o in outs) / stage.sample_rate)}
+            feats = [o["feat_gen"] if o.get("feat_gen_denorm") is None else o["feat_gen_denorm"] for o in outs]
+            start = time.perf_counter()
+            samples = sum(len(vocoder(f).view(-1)) for f in feats)
+            vocoding = time.perf_counter() - start
+    finally:
+        t2s.vocoder = vocoder
+    seconds = samples / stage.sample_rate
+    return {"acoustic_rtf": acoustic / seconds, "vocoder_rtf": vocoding / seconds}
 
 
 def _diff(a: Any, b: Any) -> float:
@@ -159,6 +189,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         per_batch[str(size)] = measure(stage, texts, args.items_per_call)
         print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
     mel_diff, wave_diff = equivalence(stage, list(CHINESE[: args.check_items]))
+    parts = components(stage, texts[: args.items_per_call])
     rates = [per_batch[str(size)]["items_per_s"] for size in args.batch_sizes]
     infos = {m.role: m.model_id for m in stage.models()}
     return {
@@ -172,6 +203,8 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_phone": args.frames_per_phone if args.models != "hub" else None,
         "batch_sizes": per_batch,
         "speedup": rates[-1] / rates[0] if rates[0] else None,
+        "acoustic_rtf": parts["acoustic_rtf"],
+        "vocoder_rtf": parts.get("vocoder_rtf"),
         "max_abs_diff": mel_diff,
         "max_abs_diff_wave": wave_diff,
         "equivalence_items": args.check_items,
@@ -225,9 +258,12 @@ def format_table(report: dict[str, Any]) -> str:
     for size, row in report["batch_sizes"].items():
         lines.append(f"| {size} | {row['items_per_s']:.3f} | {row['rtf']:.3f} | {row['audio_seconds']:.1f} |")
     mels = "n/a" if report["max_abs_diff"] is None else f"{report['max_abs_diff']:.2e}"
+    vocoder = "n/a" if report["vocoder_rtf"] is None else f"{report['vocoder_rtf']:.3f}"
+    waves = "n/a" if report["max_abs_diff_wave"] is None else f"{report['max_abs_diff_wave']:.2e}"
+    lines.append(f"alone, one piece at a time: acoustic model rtf {report['acoustic_rtf']:.3f}, vocoder rtf {vocoder}")
     lines.append(
         f"speedup {report['speedup']:.2f}x, max_abs_diff {mels} (mels), "
-        f"{report['max_abs_diff_wave']:.2e} (waves); {report['threads']} thread(s)"
+        f"{waves} (waves); {report['threads']} thread(s)"
     )
     return "\n".join(lines)
 

@@ -156,6 +156,7 @@ def test_bench_tts_reports_fastspeech2_with_multi_band_melgan(fixture_caches: Fi
     assert report["max_abs_diff"] is None  # FastSpeech2 is not batched: no batched mels to compare
     assert report["max_abs_diff_wave"] <= 1e-6  # the vocoder goes piece by piece either way
     assert (report["model"], report["vocoder"]) == (FASTSPEECH2_ID, MB_MELGAN)
+    assert report["acoustic_rtf"] > 0 and report["vocoder_rtf"] > 0
 
 
 def test_full_size_options_have_the_recipes_widths(fixture_caches: FixtureCaches) -> None:
@@ -217,3 +218,24 @@ def test_vits_needs_no_vocoder_and_speaks_as_espnet_does(vits_cache: Path) -> No
 def test_vits_by_its_zoo_name(vits_cache: Path) -> None:
     stage = stage_with(model=VITS_ZOO_TAG, model_cache=str(vits_cache))
     assert stage.local is not None and stage.local.model_id == VITS_ID and stage.vocoder is None
+
+
+def test_bench_tts_reports_vits_without_a_vocoder(fixture_caches: FixtureCaches, tmp_path: Path) -> None:
+    """The whole tiny set has no VITS, so bench-tts builds its own TTS caches (they hold VITS) and uses those."""
+    import argparse
+
+    from clearml_pipeline.bench_tts import add_arguments, main
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            *("--models", "fixtures", "--batch-sizes", "1,2", "--requests", "2", "--items-per-call", "2"),
+            *("--check-items", "1", "--tts-model", VITS_ZOO_TAG, "--output", str(tmp_path)),
+        ]
+    )
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bench_tts.json").read_text(encoding="utf-8"))
+    assert (report["model"], report["vocoder"]) == (VITS_ID, NO_VOCODER)
+    assert report["max_abs_diff"] is None and report["max_abs_diff_wave"] is None and report["vocoder_rtf"] is None
+    assert report["acoustic_rtf"] > 0 and all(row["audio_seconds"] > 0 for row in report["batch_sizes"].values())
