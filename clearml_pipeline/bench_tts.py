@@ -6,10 +6,12 @@ One loaded stage (EspnetSynthesizer) synthesizes `--requests` texts (registry.fi
 in calls of `--items-per-call` items, once per batch size after a warm-up call; OUT/bench_tts.json has, per
 batch size, items_per_s, rtf (synthesis seconds / audio seconds) and audio_seconds, plus max_abs_diff: the
 largest difference between the batched mels and ESPnet's own one-at-a-time Text2Speech mels with the prenet's
-inference dropout off (and max_abs_diff_wave for the vocoder on the same mels).
+inference dropout off (and max_abs_diff_wave for the vocoder on the same mels), and acoustic_rtf / vocoder_rtf:
+each alone, one piece at a time, on the first `--items-per-call` texts.
 
-Fixture model sets use the fixture caches when a complete build is there; otherwise they build only the two
-TTS fixtures (never whisper-large), under ~/.cache/s2st/tts-fixtures(-full), or $S2ST_TTS_FIXTURES_DIR.
+Fixture model sets use the fixture caches when a complete build there holds the model; otherwise they build
+only the TTS fixtures (Tacotron2, FastSpeech2, VITS, HiFiGAN, MB-MelGAN; never whisper-large), under
+~/.cache/s2st/tts-fixtures(-full), or $S2ST_TTS_FIXTURES_DIR.
 Their stop token never fires, so every piece decodes exactly `--frames-per-phone` x (phones + 1) frames
 (maxlenratio): random weights then cost what real speech costs (CSMSC speech: about 10 frames of 12.5 ms
 per phone).
@@ -37,22 +39,15 @@ def tts_fixture_root(full: bool) -> Path:
 
 
 def tts_fixture_caches(root: Path, full: bool) -> Any:
-    """The Tacotron2 and HiFiGAN fixtures alone (tiny or full-size), built once under `root` (a file lock;
-    the marker, written last, records the builder code and library versions like build_fixtures' own)."""
+    """The TTS fixtures alone (the three acoustic models and both vocoders, tiny or full-size), built once under
+    `root` (a file lock; the marker, written last, records the builder code and library versions like
+    build_fixtures' own)."""
     import shutil
 
     from filelock import FileLock
 
-    from registry.fixtures import (
-        ESPNET_TTS_ID,
-        NLTK_PLACEHOLDERS,
-        caches_under,
-        espnet_tts,
-        marker_content,
-        quiet_build,
-        vocoder,
-    )
-    from registry.fixtures._files import seed_hf_repo, write_empty_zip
+    from registry.fixtures import NLTK_PLACEHOLDERS, build_tts, caches_under, marker_content, quiet_build
+    from registry.fixtures._files import write_empty_zip
 
     caches = caches_under(root)
     caches.root.mkdir(parents=True, exist_ok=True)
@@ -71,16 +66,14 @@ def tts_fixture_caches(root: Path, full: bool) -> Any:
         for name in NLTK_PLACEHOLDERS:
             write_empty_zip(caches.nltk_data / name)
         with quiet_build(caches):
-            espnet_tts.build(staging / "espnet", scratch=staging / "espnet_recipe", full=full)
-            seed_hf_repo(caches.espnet_cache, ESPNET_TTS_ID, staging / "espnet")
-            vocoder.build(caches.vocoder_cache, full=full)
+            build_tts(caches, staging, full, vits=True)
         shutil.rmtree(staging)
         marker.write_text(json.dumps(expected, indent=2) + "\n")
     return caches
 
 
 def stage_options(models: str, frames_per_phone: float, model: str | None, vocoder: str | None) -> Any:
-    from steps.speech_synthesis import SpeechSynthesisOptions
+    from steps.speech_synthesis import SpeechSynthesisOptions, hub_id
 
     options = SpeechSynthesisOptions()
     if models != "hub":
@@ -88,8 +81,10 @@ def stage_options(models: str, frames_per_phone: float, model: str | None, vocod
         from registry.model_sets import fixtures_root
 
         full = models == "fixtures-full"
-        caches = caches_under(fixtures_root(full))  # a complete build of the whole set serves as it is
-        if not is_complete(caches, full):
+        # A complete build of the whole set serves as it is, when it holds the model (VITS is only in the TTS set).
+        caches = caches_under(fixtures_root(full))
+        wanted = caches.espnet_cache / f"models--{hub_id(model or options.model).replace('/', '--')}"
+        if not (is_complete(caches, full) and wanted.is_dir()):
             caches = tts_fixture_caches(tts_fixture_root(full), full)
         os.environ.setdefault("NLTK_DATA", str(caches.nltk_data))  # g2p_en's import-time nltk.download
         options = replace(
@@ -102,25 +97,59 @@ def stage_options(models: str, frames_per_phone: float, model: str | None, vocod
     return replace(options, **changes)
 
 
-def equivalence(stage: Any, texts: list[str]) -> tuple[float, float]:
+def equivalence(stage: Any, texts: list[str]) -> tuple[float | None, float | None]:
     """Largest |batched - ESPnet one-at-a-time| over every frame of the mels (prenet dropout off) and over
-    every sample of the waves vocoded from the same mels."""
+    every sample of the waves vocoded from the same mels. The mel figure is None for an acoustic model the
+    stage does not batch (FastSpeech2 goes through ESPnet piece by piece: there is nothing to compare)."""
     import torch
 
     from steps.speech_synthesis import denormalized
-    from steps.tacotron_batch import prenet_dropout, tacotron2_inference, vocode
+    from steps.tacotron_batch import batchable, prenet_dropout, tacotron2_inference, vocode
 
     t2s, opts = stage.tts, stage.options
+    if t2s.vocoder is None:  # VITS: no features, no vocoder, nothing batched
+        return None, None
     pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
     ids = [torch.as_tensor(t2s.preprocess_fn("<dummy>", {"text": p})["text"]).long() for p in pieces]
-    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
-        batched = tacotron2_inference(t2s.tts, ids, opts.threshold, opts.minlenratio, opts.maxlenratio)
-        single = [t2s(p)["feat_gen"] for p in pieces]
-        mel_diff = max(_diff(b.feat_gen, s) for b, s in zip(batched, single, strict=True))
+    with torch.inference_mode():
+        mel_diff: float | None = None
+        if batchable(t2s.tts):
+            with prenet_dropout(t2s.tts, 0.0):
+                batched = tacotron2_inference(t2s.tts, ids, opts.threshold, opts.minlenratio, opts.maxlenratio)
+                single = [t2s(p)["feat_gen"] for p in pieces]
+            mel_diff = max(_diff(b.feat_gen, s) for b, s in zip(batched, single, strict=True))
+        else:
+            single = [t2s(p)["feat_gen"] for p in pieces]
         feats = [denormalized(t2s.model, s) for s in single]
         waves = vocode(t2s.vocoder, feats)
         wave_diff = max(_diff(w, t2s.vocoder(f).view(-1)) for w, f in zip(waves, feats, strict=True))
     return mel_diff, wave_diff
+
+
+def components(stage: Any, texts: list[str]) -> dict[str, float | None]:
+    """Real-time factors of the acoustic model and of the vocoder, each alone on the pieces of `texts`, one
+    piece at a time (ESPnet's own path): where a pairing's time goes. The vocoder's is None for a model that
+    makes the wave itself (VITS)."""
+    import torch
+
+    t2s = stage.tts
+    pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
+    vocoder, t2s.vocoder = t2s.vocoder, None  # Text2Speech then stops at the features (or VITS's wave)
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            outs = [t2s(p) for p in pieces]
+            acoustic = time.perf_counter() - start
+            if vocoder is None:
+                return {"acoustic_rtf": acoustic / (sum(len(o["wav"]) for o in outs) / stage.sample_rate)}
+            feats = [o["feat_gen"] if o.get("feat_gen_denorm") is None else o["feat_gen_denorm"] for o in outs]
+            start = time.perf_counter()
+            samples = sum(len(vocoder(f).view(-1)) for f in feats)
+            vocoding = time.perf_counter() - start
+    finally:
+        t2s.vocoder = vocoder
+    seconds = samples / stage.sample_rate
+    return {"acoustic_rtf": acoustic / seconds, "vocoder_rtf": vocoding / seconds}
 
 
 def _diff(a: Any, b: Any) -> float:
@@ -160,6 +189,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         per_batch[str(size)] = measure(stage, texts, args.items_per_call)
         print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
     mel_diff, wave_diff = equivalence(stage, list(CHINESE[: args.check_items]))
+    parts = components(stage, texts[: args.items_per_call])
     rates = [per_batch[str(size)]["items_per_s"] for size in args.batch_sizes]
     infos = {m.role: m.model_id for m in stage.models()}
     return {
@@ -173,6 +203,8 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_phone": args.frames_per_phone if args.models != "hub" else None,
         "batch_sizes": per_batch,
         "speedup": rates[-1] / rates[0] if rates[0] else None,
+        "acoustic_rtf": parts["acoustic_rtf"],
+        "vocoder_rtf": parts.get("vocoder_rtf"),
         "max_abs_diff": mel_diff,
         "max_abs_diff_wave": wave_diff,
         "equivalence_items": args.check_items,
@@ -225,9 +257,13 @@ def format_table(report: dict[str, Any]) -> str:
     lines = ["| batch | items/s | rtf | audio s |", "| --- | --- | --- | --- |"]
     for size, row in report["batch_sizes"].items():
         lines.append(f"| {size} | {row['items_per_s']:.3f} | {row['rtf']:.3f} | {row['audio_seconds']:.1f} |")
+    mels = "n/a" if report["max_abs_diff"] is None else f"{report['max_abs_diff']:.2e}"
+    vocoder = "n/a" if report["vocoder_rtf"] is None else f"{report['vocoder_rtf']:.3f}"
+    waves = "n/a" if report["max_abs_diff_wave"] is None else f"{report['max_abs_diff_wave']:.2e}"
+    lines.append(f"alone, one piece at a time: acoustic model rtf {report['acoustic_rtf']:.3f}, vocoder rtf {vocoder}")
     lines.append(
-        f"speedup {report['speedup']:.2f}x, max_abs_diff {report['max_abs_diff']:.2e} (mels), "
-        f"{report['max_abs_diff_wave']:.2e} (waves); {report['threads']} thread(s)"
+        f"speedup {report['speedup']:.2f}x, max_abs_diff {mels} (mels), "
+        f"{waves} (waves); {report['threads']} thread(s)"
     )
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clearml_pipeline.config import PipelineConfig, flag_prefix
-from resources.weights import ModelUnavailableError, locate_vocoder, resolve_hf_model
+from resources.weights import ModelUnavailableError, espnet_hub_id, locate_vocoder, resolve_hf_model
 from steps.options import fields_with
 
 
@@ -45,6 +45,8 @@ def locate_section(section: str, options: Any) -> list[Path]:
                 path = locate_vocoder(value, Path(cache or ".").expanduser())
             else:
                 revision = getattr(options, f.metadata["revision"]) if "revision" in f.metadata else None
+                if f.metadata["model_ref"] == "espnet":  # a zoo name is looked up as its hub mirror, as the step does
+                    value = espnet_hub_id(value)
                 path = resolve_hf_model(value, revision, cache_dir=cache).path
         except ModelUnavailableError as exc:
             raise ModelUnavailableError(f"{section}.{name} ({flag}): {exc}") from exc

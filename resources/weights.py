@@ -57,6 +57,15 @@ def how_to_supply(model_id: str) -> str:
     )
 
 
+def espnet_hub_id(model: str) -> str:
+    """The Hugging Face id for `model`: espnet_model_zoo's `kan-bayashi/<name>` names are mirrored on the hub as
+    `espnet/kan-bayashi_<name>` (their table.csv points at Zenodo, which the TTS stage does not fetch from); hub
+    ids and local folders pass through."""
+    if model.startswith("kan-bayashi/") and not Path(model).expanduser().is_dir():
+        return "espnet/" + model.replace("/", "_", 1)
+    return model
+
+
 def resolve_hf_model(
     model_id: str,
     revision: str | None = None,

@@ -5,7 +5,8 @@ lives with the field (huggingface/speech-to-speech's argument dataclasses do the
 flag, and the ClearML UI shows the same names. Values come back as strings from both argparse and ClearML;
 `parse_value` is the one parser for both. Field metadata also says what a field holds, so generic code can find
 it without a list of names: `model_ref` (a model id, folder or `registry:` ref, and how it is located: "hf" a
-Hugging Face id or folder, "vocoder" a parallel_wavegan tag or checkpoint; `revision` names the field that pins it,
+Hugging Face id or folder, "espnet" the same or an espnet_model_zoo `kan-bayashi/` name (found as its hub mirror),
+"vocoder" a parallel_wavegan tag or checkpoint; `revision` names the field that pins it,
 `cache_field` the field holding the cache it is looked up in), `cache` (which model cache the field points at: hf,
 espnet, vocoder) and `fixture_cap` (the value a fixture model set gives the field by default: a decode length,
 since random weights never emit end-of-sequence, or no temperature fallback).

@@ -1,7 +1,10 @@
 """Stage 3, speech synthesis: Chinese text -> audio with ESPnet2 Text2Speech (CSMSC Tacotron2 + vocoder).
 
-The acoustic model comes through espnet_model_zoo's Hugging Face layout, the vocoder through
-parallel_wavegan's zoo (`parallel_wavegan/<tag>`) or Griffin-Lim (`griffin_lim`). Numbers are read out,
+The acoustic model comes through espnet_model_zoo's Hugging Face layout (an `espnet/...` hub id, or the zoo's
+`kan-bayashi/...` name, read as its hub mirror `espnet/kan-bayashi_...`): Tacotron2 by default, or any other
+ESPnet2 TTS model such as the CSMSC Conformer FastSpeech2. The vocoder comes through parallel_wavegan's zoo
+(`parallel_wavegan/<tag>`: csmsc_hifigan.v1 by default, csmsc_multi_band_melgan.v2, ...) or is Griffin-Lim
+(`griffin_lim`); parallel_wavegan's load_model attaches the PQMF a multi-band generator needs. Numbers are read out,
 characters the model's token list cannot say (Latin letters, symbols) are dropped and recorded, and long
 text is synthesized sentence by sentence with a short pause between pieces.
 """
@@ -18,6 +21,7 @@ import torch
 
 from resources.compat import patch_scipy_kaiser
 from resources.weights import GRIFFIN_LIM, LocalModel, resolve_hf_model, resolve_vocoder
+from resources.weights import espnet_hub_id as hub_id
 from steps.base import ItemError, ModelInfo, Stage
 from steps.options import option
 from steps.tacotron_batch import batchable, bucket, tacotron2_inference, vocode
@@ -29,8 +33,8 @@ class SpeechSynthesisOptions:
     backend: str = option("espnet", "espnet (Text2Speech)")
     model: str = option(
         "espnet/kan-bayashi_csmsc_tts_train_tacotron2_raw_phn_pypinyin_g2p_phone_train.loss.best",
-        "ESPnet TTS model id (Hugging Face layout), local folder or registry: ref",
-        model_ref="hf",
+        "ESPnet TTS model: hub id (espnet/...), zoo name (kan-bayashi/...), local folder or registry: ref",
+        model_ref="espnet",
         revision="revision",
         cache_field="model_cache",
         pipeline=True,
@@ -51,6 +55,7 @@ class SpeechSynthesisOptions:
     minlenratio: float = option(0.0, "Tacotron2: at least this many frames per input token")
     threshold: float = option(0.5, "Tacotron2: stop-token probability that ends decoding")
     # Pieces of all the items of a call share forward passes (steps.tacotron_batch); 1 is ESPnet's own path.
+    # Only Tacotron2 decodes in batches; other acoustic models (FastSpeech2) go piece by piece through ESPnet.
     batch_size: int = option(8, "text pieces synthesized together in one Tacotron2 + HiFiGAN pass; 1: one by one")
     # Measured on 2 CPU cores (full-size HiFiGAN, 8 pieces): one padded generator call took 2.5x the time of
     # eight lone calls (long padded convolutions thrash the caches), so the CPU default vocodes piece by piece.
@@ -82,6 +87,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
         self.options = options or SpeechSynthesisOptions()
         self.local: LocalModel | None = None
         self.vocoder: LocalModel | None = None
+        self.text_to_wave = False
 
     def setup(self) -> None:
         patch_scipy_kaiser()
@@ -89,10 +95,16 @@ class EspnetSynthesizer(Stage[str, Speech]):
         from espnet_model_zoo.downloader import ModelDownloader
 
         opts = self.options
-        self.local = resolve_hf_model(opts.model, opts.revision, cache_dir=opts.model_cache, library_name="espnet")
+        self.local = resolve_hf_model(
+            hub_id(opts.model), opts.revision, cache_dir=opts.model_cache, library_name="espnet"
+        )
         # The zoo rewrites the relative paths inside config.yaml to this snapshot (its own unpack step).
         files = ModelDownloader._unpack_cache_dir_for_huggingfase(str(self.local.path))
-        self.vocoder = resolve_vocoder(opts.vocoder, Path(os.path.expanduser(opts.vocoder_cache)))
+        # A text-to-wave model (VITS) has no vocoder: none is resolved, so none need be cached.
+        self.text_to_wave = text_to_wave(Path(files["train_config"]))
+        self.vocoder = (
+            None if self.text_to_wave else resolve_vocoder(opts.vocoder, Path(os.path.expanduser(opts.vocoder_cache)))
+        )
         self.tts = Text2Speech(
             **files,
             vocoder_file=str(self.vocoder.path) if self.vocoder else None,
@@ -110,6 +122,8 @@ class EspnetSynthesizer(Stage[str, Speech]):
         infos = [ModelInfo("speech_synthesis", self.local.model_id, self.local.revision, str(self.local.path))]
         if self.vocoder is not None:
             infos.append(ModelInfo("vocoder", self.vocoder.model_id, self.vocoder.revision, str(self.vocoder.path)))
+        elif self.text_to_wave:
+            infos.append(ModelInfo("vocoder", NO_VOCODER, "n/a"))
         else:
             infos.append(ModelInfo("vocoder", GRIFFIN_LIM, "n/a"))
         return infos
@@ -195,6 +209,21 @@ class EspnetSynthesizer(Stage[str, Speech]):
     def batch_vocoder(self) -> bool:
         choice = self.options.batch_vocoder.strip().lower()
         return self.options.device.startswith("cuda") if choice == "auto" else choice in ("1", "true", "yes", "on")
+
+
+NO_VOCODER = "none (text to wave)"
+
+
+def text_to_wave(train_config: Path) -> bool:
+    """Whether the model of this config.yaml makes the wave itself: ESPnet's GAN TTS models (VITS, JETS, joint
+    text2wav) all do, which is what their `require_vocoder` says; read from the class, before loading weights."""
+    import yaml
+    from espnet2.gan_tts.abs_gan_tts import AbsGANTTS
+    from espnet2.tasks.tts import tts_choices
+
+    with train_config.open(encoding="utf-8") as f:
+        cls = tts_choices.get_class(yaml.safe_load(f)["tts"])
+    return cls is not None and issubclass(cls, AbsGANTTS)
 
 
 def denormalized(model: torch.nn.Module, feat_gen: torch.Tensor) -> torch.Tensor:

@@ -280,7 +280,7 @@ def test_two_builds_are_identical_byte_for_byte(two_builds: tuple[Path, float, s
     cli_root, _, _, api = two_builds
     first, second = file_hashes(cli_root.resolve()), file_hashes(api.root)
     weights = [name for name in first if name.endswith((".safetensors", ".pth", ".pkl"))]
-    assert len(weights) == 4  # whisper, marian, tacotron2, hifigan
+    assert len(weights) == 6  # whisper, marian, tacotron2, fastspeech2, hifigan, multi-band melgan
     assert first == second
 
 

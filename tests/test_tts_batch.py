@@ -207,3 +207,4 @@ def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Pa
     assert report["model"].startswith("espnet/kan-bayashi_csmsc_tts_train_tacotron2")
     assert report["vocoder"] == "parallel_wavegan/csmsc_hifigan.v1" and report["device"] == "cpu"
     assert report["threads"] >= 1 and report["frames_per_phone"] == 4.0
+    assert report["acoustic_rtf"] > 0 and report["vocoder_rtf"] > 0

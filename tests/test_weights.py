@@ -82,3 +82,20 @@ def test_a_vocoder_is_located_without_loading_or_downloading(tmp_path: Path, mon
         hub.locate_vocoder("parallel_wavegan/no_such_tag", tmp_path)
     with pytest.raises(ValueError, match="must be 'parallel_wavegan/<tag>'"):
         hub.locate_vocoder("hifigan", tmp_path)
+
+
+def test_the_model_check_finds_a_zoo_name_as_its_hub_mirror(fixture_caches: object) -> None:
+    """`--tts-model kan-bayashi/<name>` is what the TTS step loads (as espnet/kan-bayashi_<name>); the check
+    before the first step must look it up the same way, and name the flag when the mirror is missing too."""
+    from clearml_pipeline.config import PipelineConfig
+    from clearml_pipeline.model_check import check_models
+    from tests.configs import fixture_config
+
+    tacotron = "kan-bayashi/csmsc_tts_train_tacotron2_raw_phn_pypinyin_g2p_phone_train.loss.best"
+    run = fixture_config({"speech_synthesis": {"model": tacotron}})
+    config = PipelineConfig(run=run).updated({"evaluation": {"intelligibility": False, "spanish_wer": False}})
+    found = check_models(config)
+    assert any("espnet--kan-bayashi_csmsc_tts_train_tacotron2" in str(path) for path in found)
+    missing = config.updated({"speech_synthesis": {"model": "kan-bayashi/no_such_model"}})
+    with pytest.raises(hub.ModelUnavailableError, match=r"--tts-model.*espnet/kan-bayashi_no_such_model"):
+        check_models(missing)
