@@ -36,4 +36,8 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" wheel
 "${PIP[@]}" --no-build-isolation parallel_wavegan==0.6.1
 .venv/bin/python -m pip check
+# clearml-agent in its own venv (see requirements-agent.txt): tests/test_pipeline_agents.py runs its daemons.
+[ -x .venv-agent/bin/python ] || "$PYTHON" -m venv .venv-agent
+.venv-agent/bin/python -m pip install -q --disable-pip-version-check -r requirements-agent.txt
+.venv-agent/bin/python -m pip check
 echo "setup done: activate with 'source .venv/bin/activate'"

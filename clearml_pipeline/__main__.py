@@ -188,7 +188,7 @@ def run_remote(args: argparse.Namespace) -> int:
 
     options = from_flags(args, RemoteOptions(), "")
     pipeline_id = launch(config_from_flags(args, evaluation=True), options)
-    print(f"pipeline {pipeline_id} finished" if options.run_steps_locally else f"pipeline {pipeline_id} launched")
+    print(f"pipeline {pipeline_id} finished")  # launching on an agent ends this process earlier (see launch)
     return EXIT_OK
 
 

@@ -100,6 +100,11 @@ def build_pipeline(config: PipelineConfig, options: RemoteOptions) -> Any:
         pool_frequency=options.poll_seconds / 60,  # minutes
         add_pipeline_tags=True,
         retry_on_failure=options.step_retries,
+        # The controller's own code is this repository (`-m clearml_pipeline` from its root), not the file that
+        # creates the task (clearml/automation, in site-packages): record this checkout's remote and commit, or
+        # the services agent has nothing to clone.
+        **({} if options.run_steps_locally else dict(zip(("repo", "repo_commit"), repository(), strict=True),
+                                                     working_dir=".")),
     )
     for name, value in pipeline_defaults(config, options).items():
         pipe.add_parameter(name, "" if value is None else value)
@@ -115,6 +120,16 @@ def build_pipeline(config: PipelineConfig, options: RemoteOptions) -> Any:
     return pipe
 
 
+def repository() -> tuple[str, str]:
+    """This checkout's origin URL and HEAD commit (what an agent clones and checks out)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("remote", "get-url", "origin"), git("rev-parse", "HEAD")
+
+
 def check_repository() -> None:
     """Agents run the steps from a clone of this repository: it needs a remote they can clone."""
     import subprocess
@@ -128,7 +143,8 @@ def check_repository() -> None:
 
 
 def launch(config: PipelineConfig, options: RemoteOptions) -> str:
-    """Start the pipeline (enqueued for agents, or here with local steps); returns the controller task id."""
+    """Start the pipeline (enqueued for agents, or here with local steps); returns the controller task id once it
+    has finished (with local steps, or on the services agent)."""
     from resources.clearml_server import check_server
 
     if not options.dataset:
@@ -146,6 +162,13 @@ def launch(config: PipelineConfig, options: RemoteOptions) -> str:
     pipe = build_pipeline(config, options)
     if options.run_steps_locally:
         pipe.start_locally(run_pipeline_steps_locally=True)
-    else:
-        pipe.start(queue=options.services_queue)
+        return str(pipe.id)
+    from clearml import Task
+
+    if Task.running_locally():
+        # Here start() enqueues the controller and ends this process (the SDK's execute_remotely): say so first.
+        # On the services agent the same call runs the pipeline and returns when it is done.
+        print(f"pipeline {pipe.id} launched: its controller is queued on {options.services_queue!r} for a "
+              f"services agent", flush=True)
+    pipe.start(queue=options.services_queue)
     return str(pipe.id)

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
+from .agent_api import agent_package_dir, register_agent_schemas
 from .server import API_VERSION, StandinState, serve
 
 __all__ = ["API_VERSION", "Standin", "start_standin"]
@@ -186,6 +187,18 @@ class Standin:
         with self.state.lock:
             q = next((q for q in self.state.queues.values() if q["name"] == queue_name), None)
             return [e["task"] for e in q["entries"]] if q else []
+
+    def dispatches(self) -> list[dict]:
+        """{task, queue, worker, at} for every task a worker took from a queue (queues.get_next_task), in order."""
+        return self._copy(self.state.dispatches)
+
+    def workers(self) -> list[dict]:
+        """The registered workers (agents), as workers.register/status_report left them."""
+        return self._copy(list(self.state.workers.values()))
+
+    def serve_agents(self, agent_python: str | os.PathLike[str]) -> None:
+        """Accept clearml-agent's requests (its own v2.5 schema classes, from the venv of `agent_python`)."""
+        register_agent_schemas(agent_package_dir(Path(agent_python)))
 
     def artifacts(self, task_id: str) -> dict[str, dict]:
         """{key: artifact entry} as the task's execution.artifacts records them."""

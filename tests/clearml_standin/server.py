@@ -37,12 +37,18 @@ from clearml.backend_api.session.datamodel import _CustomValidator
 from clearml.backend_api.session.request import BatchRequest, CompoundRequest, Request
 from clearml.backend_api.session.response import Response
 
+from .agent_api import WorkerEndpoints, agent_compat
+
 # The newest schema package the SDK ships. The stand-in reports this as the server's API version, so the SDK picks
 # exactly these classes for its requests (ApiServiceProxy takes the newest package <= the server's version) and
 # every request it sends can be checked against the schema it was built from.
 API_VERSION = "2.23"
 SERVER_VERSION = "1.17.0"
 _SERVICES_PACKAGE = "clearml.backend_api.services.v" + API_VERSION.replace(".", "_")
+# URL version -> the schema package its requests were built from. clearml-agent ships its own, older schema classes
+# (v2_5) and puts their version in the URL; tests/clearml_standin/agent_api.py registers them here when asked.
+SCHEMA_PACKAGES: dict[str, str] = {API_VERSION: _SERVICES_PACKAGE}
+VERSION_ALIASES: dict[str, str] = {}  # URL version no client ships -> the registered one that checks it
 
 
 class ApiError(Exception):
@@ -101,7 +107,7 @@ def _validator(cls: type, part: str = "all") -> Any:
 
 
 def _validate_schema(instance: Any, cls: type) -> None:
-    if issubclass(cls, CompoundRequest) and isinstance(instance, dict):
+    if _is_a(cls, CompoundRequest) and isinstance(instance, dict):
         # A compound request (events.add) is its item's fields (one of the "anyOf" event schemas) plus the request's
         # own "properties" (allow_locked, model_event) side by side; check each part against its own closed schema.
         own = cls._schema.get("properties", {})
@@ -239,7 +245,7 @@ def _new_id() -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class StandinState:
+class StandinState(WorkerEndpoints):
     """In-memory server state and the endpoints that act on it.
 
     Endpoint methods are named ``<service>__<action>``; each receives the validated Request object and the raw
@@ -256,6 +262,8 @@ class StandinState:
         self.tasks: dict[str, dict] = {}
         self.models: dict[str, dict] = {}
         self.queues: dict[str, dict] = {}
+        self.workers: dict[str, dict] = {}  # registered agents (agent_api.py)
+        self.dispatches: list[dict] = []  # {task, queue, worker, at} for every task an agent popped from a queue
         self.events: dict[str, list[dict]] = {}  # task id -> events, in arrival order
         self.calls: list[tuple[str, Any]] = []  # (endpoint, body) for every API call, including rejected ones
         self.errors: list[tuple[str, str]] = []  # (endpoint, message) for every rejected call
@@ -668,17 +676,28 @@ class StandinState:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _service_module(service: str) -> ModuleType | None:
+def _service_module(service: str, version: str = API_VERSION) -> ModuleType | None:
     try:
-        return importlib.import_module(f"{_SERVICES_PACKAGE}.{service}")
+        return importlib.import_module(f"{SCHEMA_PACKAGES[version]}.{service}")
     except ImportError:
         return None
 
 
-def endpoint_classes(endpoint: str) -> tuple[type, type] | None:
-    """The SDK's (Request, Response) classes for "service.action" in the negotiated API version."""
+def schema_version(requested: str) -> str | None:
+    """The registered schema version that checks a URL version: itself, or its alias; None: refused."""
+    version = VERSION_ALIASES.get(requested, requested)
+    return version if version in SCHEMA_PACKAGES else None
+
+
+def _is_a(cls: type, base: type) -> bool:
+    """issubclass by class name: the agent's schema classes derive from its own copy of the SDK's base classes."""
+    return any(b.__name__ == base.__name__ for b in cls.__mro__)
+
+
+def endpoint_classes(endpoint: str, version: str = API_VERSION) -> tuple[type, type] | None:
+    """The client's (Request, Response) classes for "service.action" in the URL's API version."""
     service, _, action = endpoint.partition(".")
-    module = _service_module(service)
+    module = _service_module(service, version)
     if module is None:
         return None
     for req_cls, resp_cls in getattr(module, "response_mapping", {}).items():
@@ -689,7 +708,7 @@ def endpoint_classes(endpoint: str) -> tuple[type, type] | None:
 
 def validate_request(req_cls: type, body: Any) -> Any:
     """Check a request body exactly as strictly as the SDK's schema classes allow; return the request object."""
-    if issubclass(req_cls, BatchRequest):
+    if _is_a(req_cls, BatchRequest):
         if not isinstance(body, list) or not body:
             raise ApiError(400, 12, "Batch request requires a non-empty json-lines body")
         item_cls = req_cls._batched_request_cls
@@ -705,7 +724,7 @@ def validate_request(req_cls: type, body: Any) -> Any:
         return req_cls(requests=body)
     if not isinstance(body, dict):
         raise ApiError(400, 12, "Request body must be a JSON object")
-    if issubclass(req_cls, CompoundRequest):
+    if _is_a(req_cls, CompoundRequest):
         # A compound request's body is its item's fields; the schema check below is the validation.
         obj = None
     else:
@@ -726,15 +745,28 @@ def validate_request(req_cls: type, body: Any) -> Any:
 def build_response(resp_cls: type, data: dict) -> dict:
     """Shape the handler's result through the SDK's Response class, and check it against the response schema."""
     resp = resp_cls(**{Request.normalize_key(k): v for k, v in data.items()})
-    assert isinstance(resp, Response)
+    assert _is_a(type(resp), Response)
     # The Response classes parse date-time strings into datetime objects; serialise them back as the server does
     # (ISO 8601) and check the JSON that goes on the wire, not the Python object.
     out = json.loads(json.dumps(resp.to_dict(), default=_json_default))
     key = (resp_cls, "response")
     if key not in _VALIDATORS:
-        _VALIDATORS[key] = _CustomValidator(resp_cls._schema)
+        schema = resp_cls._schema
+        if resp_cls.__module__.startswith("clearml_agent."):
+            # The server returns stored values as they are, whatever version was asked for: the agent's 2.5 enums
+            # predate values like task type `controller`, and its models take unknown enum values (checked).
+            schema = _without_enums(schema)
+        _VALIDATORS[key] = _CustomValidator(schema)
     _VALIDATORS[key].validate(out)
     return out
+
+
+def _without_enums(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_without_enums(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: _without_enums(v) for k, v in schema.items() if k != "enum"}
 
 
 def _json_default(value: Any) -> Any:
@@ -851,19 +883,22 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if m is None:
                 raise ApiError(404, 0, f"Unknown path {url.path}")
-            if requested != API_VERSION:
-                # Only one schema package is served; asking for another version is the SDK's choice to make, and it
-                # makes it from the token's api_version, so this would be a stand-in bug.
-                raise ApiError(400, 0, f"Unsupported API version {requested} (stand-in serves {API_VERSION})")
+            version = schema_version(requested)
+            if version is None:
+                # The SDK picks its version from the token's api_version, so that would be a stand-in bug; other
+                # versions are those of clients whose schema classes were registered (clearml-agent's 2.5).
+                served = ", ".join(SCHEMA_PACKAGES)
+                raise ApiError(400, 0, f"Unsupported API version {requested} (stand-in serves {served})")
             if self.headers.get("Content-Type", "").startswith("application/json-lines"):
                 body = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
             else:
                 body = json.loads(raw) if raw.strip() else {}
             body = [_drop_method(b) for b in body] if isinstance(body, list) else _drop_method(body)
-            classes = endpoint_classes(endpoint)
+            classes = endpoint_classes(endpoint, version)
             if classes is None:
                 raise ApiError(400, 0, f"Invalid endpoint: endpoint={endpoint} version={requested}")
             req_cls, resp_cls = classes
+            body = agent_compat(endpoint, body, req_cls)
             if isinstance(body, dict) and url.query:
                 props = req_cls._schema.get("properties", {})
                 for k, v in parse_qs(url.query).items():
@@ -897,7 +932,8 @@ class _Handler(BaseHTTPRequestHandler):
         meta = {
             "id": _new_id(),
             "trx": _new_id(),
-            "endpoint": {"name": endpoint, "requested_version": version, "actual_version": API_VERSION},
+            "endpoint": {"name": endpoint, "requested_version": version,
+                         "actual_version": schema_version(version) or API_VERSION},
             "result_code": code,
             "result_subcode": subcode,
             "result_msg": msg,
