@@ -258,15 +258,16 @@ def write_interrupted(args: argparse.Namespace, rows: list[Any] | None = None) -
 
 
 def bench(args: argparse.Namespace) -> int:
-    from clearml_pipeline.bench import BenchOptions, expand, format_table, run_bench, track
+    from clearml_pipeline.bench import BenchOptions, enqueue, expand, format_table, run_bench, track
     from clearml_pipeline.execution import start_outputs
     from clearml_pipeline.replicas import StreamingOptions
     from steps.options import from_flags
 
+    options = from_flags(args, BenchOptions(), "")
+    tracker = enqueue(options, args.output) if options.queue else None  # here, ends the process once enqueued
     check_output(args.output)
     start_outputs(args.output)
     (args.output / "bench.json").unlink(missing_ok=True)  # an earlier bench's figures are not this one's
-    options = from_flags(args, BenchOptions(), "")
     config, _, items = prepare(args)
     try:
         release_signals()
@@ -276,7 +277,7 @@ def bench(args: argparse.Namespace) -> int:
         return interrupted_exit_code()
     bench_json = args.output / "bench.json"
     bench_json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    report["clearml_session"] = track(report, args.output, options.tracking)
+    report["clearml_session"] = track(report, args.output, options.tracking, tracker)
     bench_json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     print(format_table(report))
     print(f"bench: {bench_json}")

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from steps.options import option
 from steps.results import ItemResult, write_rows
 from steps.stages import STAGES, StageSpec, StepContext, build_stage
 
+if TYPE_CHECKING:
+    from clearml_pipeline.tracking import Tracker
+
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -39,6 +42,7 @@ class BenchOptions:
     # Short samples gave standalone rates 40% off from run to run.
     standalone_items: int = option(0, "items per stage for the standalone rates; 0: every request")
     tracking: str = option("offline", "the bench's ClearML task: offline (session under OUT/clearml), server, none")
+    queue: str = option("", "with --tracking server: enqueue the bench on QUEUE; an agent there runs it")
 
 
 @dataclass
@@ -202,14 +206,42 @@ def run_bench(
     return report
 
 
-def track(report: dict[str, Any], out: Path, mode: str) -> str | None:
-    """Record the bench as a ClearML task with the same scalar names every time; returns the offline session."""
+def enqueue(options: BenchOptions, out: Path) -> Tracker:
+    """`--queue`: make the bench's task here and enqueue it. The task's entry point is this command line
+    (`-m clearml_pipeline bench ...`, recorded by the SDK), so the agent that takes it runs the same bench from a
+    clone of this repository at this commit; there this returns the task, and the bench reports into it."""
+    from clearml import Task
+
+    from clearml_pipeline.controller import check_repository
+    from clearml_pipeline.tracking import Tracker
+    from resources.clearml_server import check_queues, check_server
+
+    if options.tracking != "server":
+        raise ValueError("--queue needs --tracking server: the agent's bench reports to the server")
+    if Task.running_locally():
+        check_server()
+        check_repository()
+        check_queues({"the bench": options.queue}, "--queue")
+    tracker = Tracker("bench", out / "clearml", offline=False)
+    if Task.running_locally():
+        print(f"bench task {tracker.task.id} queued on {options.queue!r}: an agent there runs it; its figures go to "
+              f"the server (experiment table, project {tracker.task.get_project_name()!r})", flush=True)
+        tracker.task.execute_remotely(queue_name=options.queue, exit_process=True)
+    return tracker
+
+
+def track(report: dict[str, Any], out: Path, mode: str, tracker: Tracker | None = None) -> str | None:
+    """Record the bench as a ClearML task with the same scalar names every time; returns the offline session.
+    `tracker`: the task an agent runs the bench in (see enqueue)."""
     if mode == "none":
         return None
     from clearml_pipeline.tracking import Tracker
 
     replicas = ":".join(str(report["replicas"][s.name]) for s in STAGES)
-    tracker = Tracker(f"bench {replicas}", out / "clearml", offline=mode == "offline")
+    if tracker is None:
+        tracker = Tracker(f"bench {replicas}", out / "clearml", offline=mode == "offline")
+    else:
+        tracker.task.set_name(f"bench {replicas}")
     for section, params in report["config"].items():
         tracker.connect(dict(params), name=section)
     for key in (

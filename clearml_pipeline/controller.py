@@ -44,6 +44,10 @@ class RemoteOptions:
     )
     shards: str = option("1:1:1", "tasks per stage (st:mt:tts), each on its own agent; e.g. 1:1:4 for four TTS")
     poll_seconds: float = option(5.0, "how often the controller checks its steps")
+    agent_check_seconds: float = option(
+        60.0, "how often the controller checks that each running step's agent is still registered (a step whose "
+        "agent is gone is failed, then relaunched by --step-retries)"
+    )
 
 
 def step_overrides(node: Node, config: PipelineConfig) -> dict[str, Any]:
@@ -142,6 +146,14 @@ def check_repository() -> None:
         )
 
 
+def check_queues(options: RemoteOptions) -> None:
+    from resources.clearml_server import check_queues as check
+
+    check({"the controller": options.services_queue, "the GPU steps": options.gpu_queue,
+           "the CPU steps": options.cpu_queue}, "--services-queue/--gpu-queue/--cpu-queue",
+          services_queue=options.services_queue)
+
+
 def launch(config: PipelineConfig, options: RemoteOptions) -> str:
     """Start the pipeline (enqueued for agents, or here with local steps); returns the controller task id once it
     has finished (with local steps, or on the services agent)."""
@@ -159,16 +171,26 @@ def launch(config: PipelineConfig, options: RemoteOptions) -> str:
         check_models(config)
     else:  # agents find their models in their own caches (or download them); this machine's say nothing
         check_repository()
+    from clearml import Task
+
+    if not options.run_steps_locally and Task.running_locally():
+        check_queues(options)
     pipe = build_pipeline(config, options)
     if options.run_steps_locally:
         pipe.start_locally(run_pipeline_steps_locally=True)
         return str(pipe.id)
-    from clearml import Task
-
     if Task.running_locally():
         # Here start() enqueues the controller and ends this process (the SDK's execute_remotely): say so first.
         # On the services agent the same call runs the pipeline and returns when it is done.
         print(f"pipeline {pipe.id} launched: its controller is queued on {options.services_queue!r} for a "
               f"services agent", flush=True)
-    pipe.start(queue=options.services_queue)
+        pipe.start(queue=options.services_queue)
+        return str(pipe.id)
+    from clearml_pipeline.agent_watch import watch_agents
+
+    watch = watch_agents(str(pipe.id), options.agent_check_seconds)
+    try:
+        pipe.start(queue=options.services_queue)
+    finally:
+        watch.set()
     return str(pipe.id)

@@ -82,3 +82,39 @@ def check_server(timeout_s: float = 5.0) -> str:
     except Exception as exc:  # the SDK raises LoginError, ConnectionError or ValueError here
         raise ServerUnavailableError(f"the ClearML server {url} refused the login: {exc}") from exc
     return url
+
+
+def unserved_queues(names: list[str]) -> dict[str, bool]:
+    """Of the named queues, those no agent listens to: name -> whether the queue exists at all. A task enqueued on
+    one waits (Pending in the UI) until an agent starts; on a queue that does not exist it cannot be enqueued."""
+    import re
+
+    from clearml.backend_api.session.client import APIClient
+
+    client = APIClient()
+    listened = {queue.name for worker in client.workers.get_all() for queue in worker.queues or []}
+    unserved = {}
+    for name in dict.fromkeys(names):
+        if name not in listened:
+            unserved[name] = bool(client.queues.get_all(name=f"^{re.escape(name)}$", only_fields=["id"]))
+    return unserved
+
+
+def check_queues(uses: dict[str, str], flags: str, services_queue: str = "") -> None:
+    """Before anything is enqueued (`uses`: what waits on which queue): a queue that does not exist is an error,
+    since nothing can be enqueued there, and one no agent listens to is said now, since its tasks would wait in
+    Pending without a word. `flags`: the options that choose the queues, for the error message."""
+    roles: dict[str, list[str]] = {}
+    for role, name in uses.items():
+        roles.setdefault(name, []).append(role)
+    unserved = unserved_queues(list(roles))
+    if missing := [name for name, exists in unserved.items() if not exists]:
+        raise ValueError(
+            f"no queue named {', '.join(map(repr, missing))} on the server: create it (web UI: Orchestration > "
+            f"Queues, or start its agent with `clearml-agent daemon --queue NAME --create-queue`), or choose "
+            f"another with {flags}"
+        )
+    for name in unserved:
+        services = " --services-mode" if name == services_queue else ""
+        print(f"warning: no agent listens to queue {name!r}: {' and '.join(roles[name])} will wait there (Pending) "
+              f"until one starts, e.g. `clearml-agent daemon --queue {name}{services}`", flush=True)

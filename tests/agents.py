@@ -117,7 +117,8 @@ class AgentPool:
         )
 
     def log(self, worker: str) -> str:
-        return (self.root / f"{worker.replace(':', '_')}.log").read_text(errors="replace")
+        path = self.root / f"{worker.replace(':', '_')}.log"
+        return path.read_text(errors="replace") if path.is_file() else "(never started)"
 
     def task_logs(self) -> str:
         """The console logs of the tasks the agents ran (.clearml_agent_out.*.txt in their TMPDIR), each's end."""
@@ -151,6 +152,30 @@ class AgentPool:
             log.close()
         time.sleep(0.5)
         return [p.pid for p in self._marked()]
+
+    def kill_task(self, task_id: str, script: str = "step_task.py") -> list[int]:
+        """SIGKILL the processes an agent runs task `task_id` in (their CLEARML_TASK_ID, running `script`), as the
+        kernel's OOM killer would; the agent's own processes live on. Returns the pids killed."""
+        killed = []
+        for p in self._marked():
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get("CLEARML_TASK_ID") == task_id and any(script in a for a in p.cmdline()):
+                    p.kill()
+                    killed.append(p.pid)
+        return killed
+
+    def kill_agent(self, worker: str) -> list[int]:
+        """SIGKILL an agent and every process it started (the task it runs included), as when its machine dies;
+        it is no longer one of the pool's live agents. Returns the pids killed."""
+        killed = []
+        for p in self._marked():
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get("CLEARML_WORKER_ID") == worker:
+                    p.kill()
+                    killed.append(p.pid)
+        proc = self.procs.pop(worker)
+        proc.wait(timeout=10)
+        return killed
 
     def _marked(self) -> list[psutil.Process]:
         found = []

@@ -88,3 +88,13 @@ def test_the_bench_is_an_offline_clearml_task_with_stable_scalars(bench: dict[st
     for scalar in ("speedup", "bottleneck_efficiency", "end_to_end_items_per_s", "standalone_items_per_s"):
         assert scalar in text
     assert "bench.json" in text or any(n.endswith("bench.json") for n in names)
+
+
+def test_a_queued_bench_needs_server_tracking_and_says_so_before_any_work(tmp_path: Path) -> None:
+    from tests.cli import python_m
+
+    out = tmp_path / "out"
+    proc = python_m("clearml_pipeline", "bench", "--input", str(tmp_path), "--output", str(out), "--queue", "gpu")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--queue needs --tracking server" in proc.stderr
+    assert not out.exists()  # nothing was prepared for a bench that cannot be enqueued

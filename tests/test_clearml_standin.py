@@ -69,7 +69,7 @@ def test_task_reports_and_artifacts_round_trip(standin: Standin, tmp_path: Path)
         import numpy as np, pandas as pd
         from clearml import Task
 
-        task = Task.init(project_name="standin/s2st", task_name="report")
+        task = Task.init(project_name="standin/s2st", task_name="report 1:1:1")  # ":" is quoted in its URLs
         task.connect({"lr": 0.1, "epochs": 3, "lang": "es"})
         log = task.get_logger()
         for i in range(3):
@@ -91,7 +91,7 @@ def test_task_reports_and_artifacts_round_trip(standin: Standin, tmp_path: Path)
     )
     task_id = marker(out, "TASK_ID")
     task = standin.task(task_id)
-    assert task["name"] == "report"
+    assert task["name"] == "report 1:1:1"
     assert standin.project_name(task["project"]) == "standin/s2st"
     assert task["status"] == "completed"
     general = task["hyperparams"]["General"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -193,12 +194,19 @@ class Standin:
         return self._copy(self.state.dispatches)
 
     def workers(self) -> list[dict]:
-        """The registered workers (agents), as workers.register/status_report left them."""
-        return self._copy(list(self.state.workers.values()))
+        """The registered workers (agents), as workers.register/status_report left them, less those timed out."""
+        with self.state.lock:
+            return copy.deepcopy(self.state._live_workers())
 
     def serve_agents(self, agent_python: str | os.PathLike[str]) -> None:
         """Accept clearml-agent's requests (its own v2.5 schema classes, from the venv of `agent_python`)."""
         register_agent_schemas(agent_package_dir(Path(agent_python)))
+
+    def on_call(self, endpoint: str, callback: Callable[[Any], None]) -> None:
+        """Run `callback(body)` after each accepted `endpoint` call is applied and before it is answered (the
+        caller still waits for the reply): where a test injects a fault at an exact point of a client's work."""
+        with self.state.lock:
+            self.state.hooks.setdefault(endpoint, []).append(callback)
 
     def artifacts(self, task_id: str) -> dict[str, dict]:
         """{key: artifact entry} as the task's execution.artifacts records them."""

@@ -1,4 +1,5 @@
-"""What clearml-agent needs from the stand-in: its own schema classes, and the queue and worker endpoints.
+"""What clearml-agent and the web UI need from the stand-in: the agent's own schema classes, the queue and worker
+endpoints, and the UI's "run pipeline" call (pipelines.start_pipeline).
 
 The agent (3.0.3) ships a copy of the API schemas (``clearml_agent.backend_api.services.v2_5``) and sends its
 requests as ``/v2.5/<service>.<action>``; the task processes it starts use the SDK (``/v2.23/``). Loading the
@@ -11,6 +12,7 @@ putting the rest of that site-packages on sys.path.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 import time
@@ -100,11 +102,22 @@ class WorkerEndpoints:
     tasks: dict[str, dict]
     workers: dict[str, dict]
     dispatches: list[dict]
+    # The server drops a worker silent for longer than the timeout it registered with (600 s when it gave none,
+    # as clearml-agent does); a test that kills an agent shortens the default.
+    worker_timeout_s: float = 600.0
 
     def _queue(self, queue_id: str | None, name: str | None = None) -> dict:
         raise NotImplementedError
 
     def _task(self, task_id: str) -> dict:
+        raise NotImplementedError
+
+    projects: dict[str, dict]
+
+    def tasks__clone(self, req: Any, body: dict) -> dict:
+        raise NotImplementedError
+
+    def tasks__enqueue(self, req: Any, body: dict) -> dict:
         raise NotImplementedError
 
     def queues__get_default(self, req: Any, body: dict) -> dict:
@@ -131,7 +144,7 @@ class WorkerEndpoints:
     def _caller_worker(self, queue_id: str) -> str:
         # get_next_task carries no worker id; the agent polling a queue is the registered worker listening to it.
         # Each test queue has one agent, so that is unambiguous (several would be reported joined).
-        names = sorted(w["id"] for w in self.workers.values() if queue_id in w["queues"])
+        names = sorted(w["id"] for w in self._live_workers() if queue_id in w["queues"])
         return ",".join(names) or "?"
 
     def tasks__dequeue(self, req: Any, body: dict) -> dict:
@@ -160,9 +173,19 @@ class WorkerEndpoints:
             "queues": list(body.get("queues") or []),
             "registered": _now(),
             "last_activity": _now(),
+            "seen": time.monotonic(),
+            "timeout": body.get("timeout"),
             "task": None,
         }
         return {}
+
+    def _live_workers(self) -> list[dict]:
+        """The registered workers, less (and forgetting) those silent for longer than their timeout."""
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if now - worker.get("seen", now) > (worker.get("timeout") or self.worker_timeout_s):
+                del self.workers[worker["id"]]
+        return list(self.workers.values())
 
     def workers__unregister(self, req: Any, body: dict) -> dict:
         self.workers.pop(body["worker"], None)
@@ -170,14 +193,39 @@ class WorkerEndpoints:
 
     def workers__status_report(self, req: Any, body: dict) -> dict:
         worker = self.workers.setdefault(body["worker"], {"id": body["worker"], "queues": [], "registered": _now()})
-        worker["last_activity"] = _now()
+        worker["last_activity"], worker["seen"] = _now(), time.monotonic()
         worker["task"] = body.get("task")
         if body.get("queues"):
             worker["queues"] = list(body["queues"])
         return {}
 
     def workers__get_all(self, req: Any, body: dict) -> dict:
-        return {"workers": [self._worker_doc(w) for w in self.workers.values()]}
+        return {"workers": [self._worker_doc(w) for w in self._live_workers()]}
+
+    def pipelines__start_pipeline(self, req: Any, body: dict) -> dict:
+        """The web UI's "Run" on a pipeline, as the server's services/pipelines.py does it: clone the given run with
+        its hyperparameters replaced by an `Args` section made of `args` (the dialog sends every pipeline
+        parameter, edited or not), name the clone "<project basename> #N", and enqueue it."""
+        args = body.get("args")
+        hyperparams = None
+        if args:
+            hyperparams = {"Args": {str(a["name"]): {"section": "Args", "name": str(a["name"]),
+                                                     "value": str(a.get("value"))} for a in args}}
+        clone = self.tasks__clone(req, {"task": body["task"], **({"new_task_hyperparams": hyperparams}
+                                                                  if hyperparams else {})})
+        task = self._task(clone["id"])
+        task["system_tags"] = []  # clone_task(system_tags=None) -> []: the controller tags itself when it runs
+        project = self.projects.get(task.get("project") or "")
+        if project:
+            prefix = project["name"].rpartition("/")[2]
+            pattern = re.compile(rf"{re.escape(prefix)}( #\d+)?$")
+            count = sum(1 for t in self.tasks.values() if t.get("project") == task["project"]
+                        and "pipeline" in t.get("system_tags", []) and pattern.match(t["name"]))
+            task["name"] = f"{prefix} #{count}" if count else prefix
+        enqueued = False
+        if body.get("queue"):
+            enqueued = bool(self.tasks__enqueue(req, {"task": task["id"], "queue": body["queue"]})["queued"])
+        return {"pipeline": task["id"], "enqueued": enqueued}
 
     def _worker_doc(self, worker: dict) -> dict:
         queues = [{"id": q, "name": self.queues[q]["name"]} for q in worker["queues"] if q in self.queues]

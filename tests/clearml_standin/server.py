@@ -269,6 +269,7 @@ class StandinState(WorkerEndpoints):
         self.errors: list[tuple[str, str]] = []  # (endpoint, message) for every rejected call
         self.uploads: list[str] = []  # files server paths, in upload order
         self.timeline: list[tuple[float, str, str]] = []  # (time.time(), endpoint, task id or ""), for timing analysis
+        self.hooks: dict[str, list[Callable[[Any], None]]] = {}  # endpoint -> callbacks(body) (Standin.on_call)
 
     # ---------------- auth / server ----------------
 
@@ -819,9 +820,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---------- files server ----------
 
-    def _local_path(self, url_path: str) -> Path:
+    def _local_path(self, url_path: str, field_name: str = "") -> Path:
+        """The file for a URL path (percent-decoded, as Flask decodes a route) and, for uploads, a multipart field
+        name below it, taken literally as the ClearML file server takes it: the SDK names the field with its
+        object path already quoted once (`bench 1%3A1%3A1.<id>/...`), records the artifact URL quoted again, and a
+        GET of that URL decodes back to the stored name."""
         root = self.server.state.files_root.resolve()
-        p = (root / unquote(url_path).lstrip("/")).resolve()
+        p = (root / unquote(url_path).lstrip("/") / field_name.lstrip("/")).resolve()
         if root not in p.parents and p != root:
             raise ApiError(400, 0, "path escapes the files root")
         return p
@@ -850,7 +855,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if not name:
                     continue
                 rel = prefix.rstrip("/") + "/" + name.lstrip("/")
-                dest = self._local_path(rel)
+                dest = self._local_path(prefix, name)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(part.get_payload(decode=True) or b"")
                 stored.append(rel)
@@ -914,6 +919,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if handler is None:
                     raise ApiError(400, 0, f"Endpoint not implemented by the stand-in: {endpoint}")
                 data = build_response(resp_cls, handler(req, body))
+                for hook in state.hooks.get(endpoint, []):
+                    hook(body)
             self._reply(endpoint, requested, 200, 0, "OK", data)
         except ApiError as ex:
             with state.lock:
