@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -156,25 +157,24 @@ class AgentPool:
     def kill_task(self, task_id: str, script: str = "step_task.py") -> list[int]:
         """SIGKILL the processes an agent runs task `task_id` in (their CLEARML_TASK_ID, running `script`), as the
         kernel's OOM killer would; the agent's own processes live on. Returns the pids killed."""
-        killed = []
-        for p in self._marked():
-            with contextlib.suppress(psutil.Error):
-                if p.environ().get("CLEARML_TASK_ID") == task_id and any(script in a for a in p.cmdline()):
-                    p.kill()
-                    killed.append(p.pid)
-        return killed
+        return self._kill_marked(lambda p: p.environ().get("CLEARML_TASK_ID") == task_id
+                                 and any(script in a for a in p.cmdline()))
 
     def kill_agent(self, worker: str) -> list[int]:
         """SIGKILL an agent and every process it started (the task it runs included), as when its machine dies;
         it is no longer one of the pool's live agents. Returns the pids killed."""
+        killed = self._kill_marked(lambda p: p.environ().get("CLEARML_WORKER_ID") == worker)
+        self.procs.pop(worker).wait(timeout=10)
+        return killed
+
+    def _kill_marked(self, match: Callable[[psutil.Process], bool]) -> list[int]:
+        """SIGKILL this pool's processes that `match`; returns their pids (one that ended meanwhile is skipped)."""
         killed = []
         for p in self._marked():
             with contextlib.suppress(psutil.Error):
-                if p.environ().get("CLEARML_WORKER_ID") == worker:
+                if match(p):
                     p.kill()
                     killed.append(p.pid)
-        proc = self.procs.pop(worker)
-        proc.wait(timeout=10)
         return killed
 
     def _marked(self) -> list[psutil.Process]:

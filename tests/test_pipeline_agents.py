@@ -8,7 +8,8 @@
      runs the controller, which enqueues each step on `gpu` or `cpu`, where the other agents pick them up;
   4. the web UI's "Run" (pipelines.start_pipeline, tests/web_ui.py) starts it again with mt_num_beams edited;
   5. `bench --tracking server --queue gpu` is enqueued and the gpu agent runs the throughput experiment;
-  6. a run on samples/ whose machine translation process is SIGKILLed right after its first checkpoint;
+  6. a run on samples/ whose speech translation process is SIGKILLed right after its first checkpoint, and
+     whose gpu agent (daemon and step) is SIGKILLed right after machine translation's first checkpoint;
   7. the first dataset goes through `run --local` (no server) for comparison.
 The tests read from the stand-in which worker took each task, and compare the final results with the local run.
 """
@@ -144,6 +145,7 @@ def flow(fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
                              else f"not queued: {bench.stderr[-2000:]}")
             # A step's process is killed (SIGKILL) right after its first checkpoint: the agent reports the task
             # failed, the controller relaunches it in place, and the new attempt resumes from the checkpoint.
+            # Then a whole agent dies mid-step: the controller's agent watch fails the step, a spare agent resumes it.
             samples = ok(cli(standin, "data_prep", "ingest", "--source", "folder", "--path",
                              str(checkout / "samples"), "--out", str(root / "datasets"), "--no-progress", "--clearml",
                              "--dataset-name", "samples"))
