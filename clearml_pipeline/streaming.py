@@ -17,7 +17,9 @@ Why this shape (seed 000's open problems, and issue 12's faults):
 - each worker's inbox is bounded (back-pressure) and workers batch dynamically: they take what is queued, up
   to the stage's batch size, waiting at most `max_wait_ms` for more;
 - each worker reports on a pipe of its own: a worker killed while writing to a queue shared by all would keep
-  that queue's lock, and every other worker would block on it for ever.
+  that queue's lock, and every other worker would block on it for ever;
+- on Ctrl-C the router first reads the batches already waiting in the pipes (skipping a pipe whose read the
+  signal cut, which is mid-message), so a row finished before the signal is written ok, not interrupted.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from steps.results import ItemResult
 from steps.stages import STAGES, StageSpec, StepContext, finish
 
 SPAWN: SpawnContext = __import__("multiprocessing").get_context("spawn")
+DRAIN_PASSES = 50  # reads of every pipe after an interrupt, at most
 __all__ = ["SPAWN", "StreamingRunner", "WorkerStartError", "warm_up"]
 
 
@@ -68,6 +71,7 @@ class Worker:
     failed: str | None = None  # its own report of why it could not start
     progress_at: float = 0.0  # when it last delivered, or began holding rows after holding none
     held: dict[str, ItemResult] = field(default_factory=dict)
+    reading: bool = False  # a read of its pipe is under way: a signal cutting it leaves the pipe mid-message
 
 
 @dataclass
@@ -208,6 +212,7 @@ class StreamingRunner:
                 self._flush(done, sink, on_progress)
         except KeyboardInterrupt:
             self.stats.interrupted = True
+            self._drain(pending)
             self._flush(done, sink, on_progress)
             rest = [row for row in rows if row.id not in done]
             mark_interrupted(rest, "run interrupted before this item finished")
@@ -254,11 +259,13 @@ class StreamingRunner:
         """Read worker messages (one per worker with something to say, waiting up to `timeout` for any); returns
         finished rows with the index of the stage that finished them."""
         finished: list[tuple[ItemResult, int]] = []
-        by_pipe = {worker.outbox: worker for worker in self.workers.values() if not worker.outbox.closed}
+        by_pipe = self._readable_pipes()
         for pipe in wait(list(by_pipe), timeout):
             worker = by_pipe[pipe]  # type: ignore[index]
             try:
+                worker.reading = True
                 kind, *payload = worker.outbox.recv()
+                worker.reading = False
             except (EOFError, OSError):  # it exited (or died mid-message): _reap retires it
                 worker.outbox.close()
                 continue
@@ -271,6 +278,18 @@ class StreamingRunner:
             elif kind == "done":
                 finished.extend(self._delivered(worker, payload[0]))
         return finished
+
+    def _readable_pipes(self) -> dict[Connection, Worker]:
+        return {w.outbox: w for w in self.workers.values() if not w.outbox.closed and not w.reading}
+
+    def _drain(self, pending: dict[str, deque[ItemResult]]) -> None:
+        """After an interrupt: take the batches that workers had already put in their pipes, so that a row finished
+        before the signal is written ok, not interrupted. Bounded: a worker still busy may keep delivering."""
+        for _ in range(DRAIN_PASSES):
+            if not wait(list(self._readable_pipes()), 0):
+                return
+            for row, stage_index in self._receive(timeout=0):
+                self._advance(row, stage_index, pending)
 
     def _delivered(self, worker: Worker, delivery: Delivery) -> list[tuple[ItemResult, int]]:
         name = worker.spec.name

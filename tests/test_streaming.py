@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _ok_ids(results: Path) -> set[str]:
+    """The ids written ok so far to a results.jsonl that a run is appending to (a line being written is skipped)."""
+    found: set[str] = set()
+    for line in results.read_text().splitlines() if results.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            row = json.loads(line)
+            found |= {row["id"]} if row.get("status") == "ok" else set()
+    return found
+
+
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -223,10 +234,12 @@ def test_ctrl_c_ends_the_run_cleanly_with_every_row_written(clips: list[Path], t
     )
     deadline = time.monotonic() + 300
     workers: set[int] = set()
+    finished_ok: set[str] = set()
     while time.monotonic() < deadline and proc.poll() is None:
         # Stage workers only: multiprocessing's resource tracker outlives its parent briefly by design.
         workers |= {pid for pid in _children(proc.pid) if "spawn_main" in _cmdline(pid)}
-        if (out / "audio").exists() and any((out / "audio").glob("0*.wav")):
+        finished_ok = _ok_ids(out / "results.jsonl")
+        if finished_ok:  # a row the router has written ok (a wav on disk may still be on its way to the router)
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be interrupted"
@@ -235,7 +248,8 @@ def test_ctrl_c_ends_the_run_cleanly_with_every_row_written(clips: list[Path], t
     assert proc.returncode == 130, stderr[-2000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"{k:02d}" for k in range(12)]
-    assert any(r["status"] == "ok" for r in rows)
+    ok = {r["id"] for r in rows if r["status"] == "ok"}
+    assert finished_ok <= ok and all((out / r["zh_audio"]).is_file() for r in rows if r["zh_audio"])
     assert any(r["stage"] == "interrupted" for r in rows)
     assert workers and not [pid for pid in workers if _alive(pid)]
 
@@ -369,3 +383,27 @@ def test_a_stopped_worker_is_killed_at_the_row_deadline_and_its_rows_retried(
     assert not _alive(runner.stopped)  # killed, not left stopped
     assert [r.id for r in done] == [r.id for r in rows]
     assert all(r.ok and r.zh_text for r in done), [r.error for r in done]
+
+
+class InterruptWithDeliveriesWaiting(StreamingRunner):
+    """Ctrl-C at the moment a worker's finished batch sits in its pipe, not yet read by the router."""
+
+    waiting_at_signal = False
+
+    def _dispatch(self, pending: Any) -> None:
+        super()._dispatch(pending)
+        worker = next(iter(self.workers.values()))
+        if worker.held and not self.waiting_at_signal:
+            self.waiting_at_signal = bool(wait([worker.outbox], 120))
+            raise KeyboardInterrupt
+
+
+def test_rows_a_worker_finished_before_ctrl_c_are_written_ok(config: RunConfig, tmp_path: Path) -> None:
+    runner = mt_runner(InterruptWithDeliveriesWaiting, config, StreamingOptions(max_wait_ms=5), tmp_path)
+    rows = text_rows(6)
+    done = run_to_the_end(runner, rows)
+    assert runner.waiting_at_signal and runner.stats.interrupted
+    assert [r.id for r in done] == [r.id for r in rows]
+    ok = [r for r in done if r.ok]
+    assert len(ok) >= 2 and all(r.zh_text for r in ok)  # the batch (of 2) in the pipe, read after the signal
+    assert all(r.stage == "interrupted" for r in done if not r.ok)
