@@ -72,7 +72,9 @@ def tts_fixture_caches(root: Path, full: bool) -> Any:
     return caches
 
 
-def stage_options(models: str, frames_per_phone: float, model: str | None, vocoder: str | None) -> Any:
+def stage_options(
+    models: str, frames_per_phone: float, model: str | None, vocoder: str | None, dtype: str = "float32"
+) -> Any:
     from steps.speech_synthesis import SpeechSynthesisOptions, hub_id
 
     options = SpeechSynthesisOptions()
@@ -93,7 +95,7 @@ def stage_options(models: str, frames_per_phone: float, model: str | None, vocod
             vocoder_cache=str(caches.vocoder_cache),
             maxlenratio=frames_per_phone,
         )
-    changes = {key: value for key, value in (("model", model), ("vocoder", vocoder)) if value}
+    changes = {key: value for key, value in (("model", model), ("vocoder", vocoder), ("dtype", dtype)) if value}
     return replace(options, **changes)
 
 
@@ -111,7 +113,7 @@ def equivalence(stage: Any, texts: list[str]) -> tuple[float | None, float | Non
         return None, None
     pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
     ids = [torch.as_tensor(t2s.preprocess_fn("<dummy>", {"text": p})["text"]).long() for p in pieces]
-    with torch.inference_mode():
+    with torch.inference_mode(), stage.precision():
         mel_diff: float | None = None
         if batchable(t2s.tts):
             with prenet_dropout(t2s.tts, 0.0):
@@ -136,7 +138,7 @@ def components(stage: Any, texts: list[str]) -> dict[str, float | None]:
     pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
     vocoder, t2s.vocoder = t2s.vocoder, None  # Text2Speech then stops at the features (or VITS's wave)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), stage.precision():
             start = time.perf_counter()
             outs = [t2s(p) for p in pieces]
             acoustic = time.perf_counter() - start
@@ -179,7 +181,8 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    stage = EspnetSynthesizer(stage_options(args.models, args.frames_per_phone, args.tts_model, args.tts_vocoder))
+    options = stage_options(args.models, args.frames_per_phone, args.tts_model, args.tts_vocoder, args.tts_dtype)
+    stage = EspnetSynthesizer(options)
     stage.ensure_ready()
     texts = [CHINESE[i % len(CHINESE)] for i in range(args.requests)]
     stage.run(texts[:1])  # warm-up: first-call allocations and lazy imports stay out of the figures
@@ -197,6 +200,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "model": infos.get("speech_synthesis"),
         "vocoder": infos.get("vocoder"),
         "device": stage.options.device,
+        "dtype": stage.options.dtype,
         "threads": torch.get_num_threads(),
         "requests": args.requests,
         "items_per_call": args.items_per_call,
@@ -240,6 +244,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")
     parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")
     parser.add_argument("--tts-vocoder", default=None, help="another vocoder (default: the stage's)")
+    parser.add_argument("--tts-dtype", default="float32", help="float32, bfloat16 or float16 (autocast)")
     parser.add_argument("--output", type=Path, required=True, help="folder for bench_tts.json")
 
 
@@ -263,7 +268,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"alone, one piece at a time: acoustic model rtf {report['acoustic_rtf']:.3f}, vocoder rtf {vocoder}")
     lines.append(
         f"speedup {report['speedup']:.2f}x, max_abs_diff {mels} (mels), "
-        f"{waves} (waves); {report['threads']} thread(s)"
+        f"{waves} (waves); {report['threads']} thread(s), {report['dtype']}"
     )
     return "\n".join(lines)
 

@@ -6,11 +6,14 @@ ESPnet2 TTS model such as the CSMSC Conformer FastSpeech2. The vocoder comes thr
 (`parallel_wavegan/<tag>`: csmsc_hifigan.v1 by default, csmsc_multi_band_melgan.v2, ...) or is Griffin-Lim
 (`griffin_lim`); parallel_wavegan's load_model attaches the PQMF a multi-band generator needs. Numbers are read out,
 characters the model's token list cannot say (Latin letters, symbols) are dropped and recorded, and long
-text is synthesized sentence by sentence with a short pause between pieces.
+text is synthesized sentence by sentence with a short pause between pieces. `dtype` bfloat16 runs the model
+and the vocoder under torch.autocast: on CPUs with AVX-512 BF16 / AMX the batched Tacotron2 decoder and HiFiGAN
+are then several times faster (benchmarks/README.md), at bfloat16's precision (about 3 significant digits).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from resources.compat import patch_scipy_kaiser
 from resources.weights import GRIFFIN_LIM, LocalModel, resolve_hf_model, resolve_vocoder
 from resources.weights import espnet_hub_id as hub_id
 from steps.base import ItemError, ModelInfo, Stage
+from steps.device import pick_dtype
 from steps.options import option
 from steps.tacotron_batch import batchable, bucket, tacotron2_inference, vocode
 from steps.zh_text import PUNCTUATION, normalize_numbers, split_sentences
@@ -48,6 +52,9 @@ class SpeechSynthesisOptions:
         pipeline=True,
     )
     device: str = option("cpu", "cpu or cuda (Tacotron2 decodes step by step: CPU is where it is meant to run)")
+    # float32 by default: the mission's models as trained. bfloat16 pays where the CPU computes it natively
+    # (AVX-512 BF16, AMX: weight-bound LSTM steps read half the bytes); elsewhere it is emulated and slower.
+    dtype: str = option("float32", "float32, or bfloat16 / float16: autocast precision of the model and vocoder")
     max_piece_chars: int = option(50, "text is split at sentence, then clause punctuation into pieces this long")
     pause_seconds: float = option(0.25, "silence between synthesized pieces")
     # Tacotron2 decoding bounds (ESPnet's defaults): at most 10 frames per input token.
@@ -95,6 +102,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
         from espnet_model_zoo.downloader import ModelDownloader
 
         opts = self.options
+        pick_dtype(opts.dtype, opts.device)  # a bad value stops here, before any model is read
         self.local = resolve_hf_model(
             hub_id(opts.model), opts.revision, cache_dir=opts.model_cache, library_name="espnet"
         )
@@ -146,12 +154,21 @@ class EspnetSynthesizer(Stage[str, Speech]):
         return "".join(kept), dropped
 
     def process(self, inputs: Sequence[str]) -> list[Speech | ItemError]:
-        if self.options.batch_size <= 1 or not batchable(self.tts.tts):
-            return [self.synthesize(text) for text in inputs]
-        plans = [self.pieces(text) for text in inputs]
-        flat = [piece for plan in plans if not isinstance(plan, ItemError) for piece in plan[0]]
-        waves = iter(self.synthesize_pieces(flat))
-        return [plan if isinstance(plan, ItemError) else self.join(plan, waves) for plan in plans]
+        with self.precision():
+            if self.options.batch_size <= 1 or not batchable(self.tts.tts):
+                return [self.synthesize(text) for text in inputs]
+            plans = [self.pieces(text) for text in inputs]
+            flat = [piece for plan in plans if not isinstance(plan, ItemError) for piece in plan[0]]
+            waves = iter(self.synthesize_pieces(flat))
+            return [plan if isinstance(plan, ItemError) else self.join(plan, waves) for plan in plans]
+
+    def precision(self) -> contextlib.AbstractContextManager[object]:
+        """Autocast to `dtype` (nothing for float32): ESPnet's own modules, unchanged, with their matmuls and
+        convolutions in the lower precision; the waves come out as float32 (`.float()` below)."""
+        dtype = pick_dtype(self.options.dtype, self.options.device)
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.options.device).type, dtype=dtype)
 
     def pieces(self, text: str) -> tuple[list[str], list[str]] | ItemError:
         """The sayable pieces of `text` (numbers read, split at punctuation) and the characters dropped."""

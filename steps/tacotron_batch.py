@@ -140,8 +140,8 @@ def decode(
         zcs = torch.cat([z[-1], att_c], dim=1) if dec.use_concate else z[-1]
         out = dec.feat_out(zcs).view(len(active), odim, -1)  # (n, odim, r)
         prob = torch.sigmoid(dec.prob_out(zcs))  # (n, r)
-        outs[active, :, idx - r : idx] = out
-        probs[active, idx - r : idx] = prob
+        outs[active, :, idx - r : idx] = out.to(outs.dtype)  # under autocast `out` may be bfloat16
+        probs[active, idx - r : idx] = prob.to(probs.dtype)
         prev_out = out[:, :, -1] if dec.output_activation_fn is None else dec.output_activation_fn(out[:, :, -1])
         prev_att_w = prev_att_w + att_w if dec.cumulate_att_w and prev_att_w is not None else att_w
 

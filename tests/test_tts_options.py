@@ -146,7 +146,7 @@ def test_bench_tts_reports_fastspeech2_with_multi_band_melgan(fixture_caches: Fi
         [
             *("--models", "fixtures", "--batch-sizes", "1,3", "--requests", "3", "--items-per-call", "3"),
             *("--check-items", "2", "--tts-model", FASTSPEECH2_ID, "--tts-vocoder", MB_MELGAN),
-            *("--output", str(tmp_path)),
+            *("--tts-dtype", "bfloat16", "--output", str(tmp_path)),  # ESPnet's own path under autocast
         ]
     )
     assert main(args) == 0
@@ -155,7 +155,7 @@ def test_bench_tts_reports_fastspeech2_with_multi_band_melgan(fixture_caches: Fi
     assert one["audio_seconds"] == three["audio_seconds"] > 0 and one["errors"] == three["errors"] == 0
     assert report["max_abs_diff"] is None  # FastSpeech2 is not batched: no batched mels to compare
     assert report["max_abs_diff_wave"] <= 1e-6  # the vocoder goes piece by piece either way
-    assert (report["model"], report["vocoder"]) == (FASTSPEECH2_ID, MB_MELGAN)
+    assert (report["model"], report["vocoder"], report["dtype"]) == (FASTSPEECH2_ID, MB_MELGAN, "bfloat16")
     assert report["acoustic_rtf"] > 0 and report["vocoder_rtf"] > 0
 
 
@@ -231,11 +231,12 @@ def test_bench_tts_reports_vits_without_a_vocoder(fixture_caches: FixtureCaches,
     args = parser.parse_args(
         [
             *("--models", "fixtures", "--batch-sizes", "1,2", "--requests", "2", "--items-per-call", "2"),
-            *("--check-items", "1", "--tts-model", VITS_ZOO_TAG, "--output", str(tmp_path)),
+            *("--check-items", "1", "--tts-model", VITS_ZOO_TAG, "--tts-dtype", "bfloat16"),
+            *("--output", str(tmp_path)),
         ]
     )
     assert main(args) == 0
     report = json.loads((tmp_path / "bench_tts.json").read_text(encoding="utf-8"))
-    assert (report["model"], report["vocoder"]) == (VITS_ID, NO_VOCODER)
+    assert (report["model"], report["vocoder"], report["dtype"]) == (VITS_ID, NO_VOCODER, "bfloat16")
     assert report["max_abs_diff"] is None and report["max_abs_diff_wave"] is None and report["vocoder_rtf"] is None
     assert report["acoustic_rtf"] > 0 and all(row["audio_seconds"] > 0 for row in report["batch_sizes"].values())
