@@ -7,8 +7,8 @@ ESPnet2 TTS model such as the CSMSC Conformer FastSpeech2. The vocoder comes thr
 (`griffin_lim`); parallel_wavegan's load_model attaches the PQMF a multi-band generator needs. Numbers are read out,
 characters the model's token list cannot say (Latin letters, symbols) are dropped and recorded, and long
 text is synthesized sentence by sentence with a short pause between pieces. `dtype` bfloat16 runs the model
-and the vocoder under torch.autocast: on CPUs with AVX-512 BF16 / AMX the batched Tacotron2 decoder and HiFiGAN
-are then several times faster (benchmarks/README.md), at bfloat16's precision (about 3 significant digits).
+and the vocoder under torch.autocast: on a CPU with AVX-512 BF16 / AMX, Tacotron2 at batch 8 + HiFiGAN then ran
+at 2x float32's throughput (benchmarks/README.md), at bfloat16's precision (about 3 significant digits).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class SpeechSynthesisOptions:
     )
     device: str = option("cpu", "cpu or cuda (Tacotron2 decodes step by step: CPU is where it is meant to run)")
     # float32 by default: the mission's models as trained. bfloat16 pays where the CPU computes it natively
-    # (AVX-512 BF16, AMX: weight-bound LSTM steps read half the bytes); elsewhere it is emulated and slower.
+    # (AVX-512 BF16, AMX: the weight-bound batched LSTM steps read half the bytes); elsewhere it is emulated.
     dtype: str = option("float32", "float32, or bfloat16 / float16: autocast precision of the model and vocoder")
     max_piece_chars: int = option(50, "text is split at sentence, then clause punctuation into pieces this long")
     pause_seconds: float = option(0.25, "silence between synthesized pieces")
