@@ -73,7 +73,7 @@ def tts_fixture_caches(root: Path, full: bool) -> Any:
 
 
 def stage_options(
-    models: str, frames_per_phone: float, model: str | None, vocoder: str | None, dtype: str = "float32"
+    models: str, frames_per_phone: float, model: str | None, vocoder: str | None, dtype: str | None = None
 ) -> Any:
     from steps.speech_synthesis import SpeechSynthesisOptions, hub_id
 
@@ -244,7 +244,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")
     parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")
     parser.add_argument("--tts-vocoder", default=None, help="another vocoder (default: the stage's)")
-    parser.add_argument("--tts-dtype", default="float32", help="float32, bfloat16 or float16 (autocast)")
+    parser.add_argument("--tts-dtype", default=None, help="float32, bfloat16 or float16 (default: the stage's)")
     parser.add_argument("--output", type=Path, required=True, help="folder for bench_tts.json")
 
 
