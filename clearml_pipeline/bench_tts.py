@@ -6,7 +6,8 @@ One loaded stage (EspnetSynthesizer) synthesizes `--requests` texts (registry.fi
 in calls of `--items-per-call` items, once per batch size after a warm-up call; OUT/bench_tts.json has, per
 batch size, items_per_s, rtf (synthesis seconds / audio seconds) and audio_seconds, plus max_abs_diff: the
 largest difference between the batched mels and ESPnet's own one-at-a-time Text2Speech mels with the prenet's
-inference dropout off (and max_abs_diff_wave for the vocoder on the same mels), and acoustic_rtf / vocoder_rtf:
+inference dropout off, both in the stage's dtype (and max_abs_diff_wave for the vocoder on the same mels;
+under bfloat16 max_abs_diff_float32, the batched mels against ESPnet's float32 ones), and acoustic_rtf / vocoder_rtf:
 each alone, one piece at a time, on the first `--items-per-call` texts.
 
 Fixture model sets use the fixture caches when a complete build there holds the model; otherwise they build
@@ -99,33 +100,43 @@ def stage_options(
     return replace(options, **changes)
 
 
-def equivalence(stage: Any, texts: list[str]) -> tuple[float | None, float | None]:
-    """Largest |batched - ESPnet one-at-a-time| over every frame of the mels (prenet dropout off) and over
-    every sample of the waves vocoded from the same mels. The mel figure is None for an acoustic model the
-    stage does not batch (FastSpeech2 goes through ESPnet piece by piece: there is nothing to compare)."""
+def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
+    """Largest |batched - ESPnet one-at-a-time| over every frame of the mels (prenet dropout off), both in the
+    stage's dtype (`max_abs_diff`), and over every sample of the waves vocoded from the same mels
+    (`max_abs_diff_wave`). Under bfloat16 also `max_abs_diff_float32`: the batched mels against ESPnet's
+    float32 ones, what the lower precision itself changes. A mel figure is None for an acoustic model the stage
+    does not batch (FastSpeech2 goes through ESPnet piece by piece: there is nothing to compare)."""
     import torch
 
     from steps.speech_synthesis import denormalized
     from steps.tacotron_batch import batchable, prenet_dropout, tacotron2_inference, vocode
 
     t2s, opts = stage.tts, stage.options
+    diffs: dict[str, float | None] = {"max_abs_diff": None, "max_abs_diff_wave": None, "max_abs_diff_float32": None}
     if t2s.vocoder is None:  # VITS: no features, no vocoder, nothing batched
-        return None, None
+        return diffs
     pieces = [p for text in texts if not isinstance(plan := stage.pieces(text), Exception) for p in plan[0]]
     ids = [torch.as_tensor(t2s.preprocess_fn("<dummy>", {"text": p})["text"]).long() for p in pieces]
-    with torch.inference_mode(), stage.precision():
-        mel_diff: float | None = None
-        if batchable(t2s.tts):
-            with prenet_dropout(t2s.tts, 0.0):
-                batched = tacotron2_inference(t2s.tts, ids, opts.threshold, opts.minlenratio, opts.maxlenratio)
+    with torch.inference_mode():
+        with stage.precision():
+            if batchable(t2s.tts):
+                with prenet_dropout(t2s.tts, 0.0):
+                    batched = tacotron2_inference(t2s.tts, ids, opts.threshold, opts.minlenratio, opts.maxlenratio)
+                    single = [t2s(p)["feat_gen"] for p in pieces]
+                diffs["max_abs_diff"] = max(_diff(b.feat_gen, s) for b, s in zip(batched, single, strict=True))
+            else:
                 single = [t2s(p)["feat_gen"] for p in pieces]
-            mel_diff = max(_diff(b.feat_gen, s) for b, s in zip(batched, single, strict=True))
-        else:
-            single = [t2s(p)["feat_gen"] for p in pieces]
-        feats = [denormalized(t2s.model, s) for s in single]
-        waves = vocode(t2s.vocoder, feats)
-        wave_diff = max(_diff(w, t2s.vocoder(f).view(-1)) for w, f in zip(waves, feats, strict=True))
-    return mel_diff, wave_diff
+            feats = [denormalized(t2s.model, s) for s in single]
+            waves = vocode(t2s.vocoder, feats)
+            lone = [t2s.vocoder(f).view(-1) for f in feats]
+            diffs["max_abs_diff_wave"] = max(_diff(w, one) for w, one in zip(waves, lone, strict=True))
+        if diffs["max_abs_diff"] is not None and opts.dtype != "float32":
+            with prenet_dropout(t2s.tts, 0.0):
+                reference = [t2s(p)["feat_gen"] for p in pieces]  # float32: no autocast
+            diffs["max_abs_diff_float32"] = max(
+                _diff(b.feat_gen.float(), r) for b, r in zip(batched, reference, strict=True)
+            )
+    return diffs
 
 
 def components(stage: Any, texts: list[str]) -> dict[str, float | None]:
@@ -191,7 +202,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         stage.options = replace(stage.options, batch_size=size)
         per_batch[str(size)] = measure(stage, texts, args.items_per_call)
         print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
-    mel_diff, wave_diff = equivalence(stage, list(CHINESE[: args.check_items]))
+    diffs = equivalence(stage, list(CHINESE[: args.check_items]))
     parts = components(stage, texts[: args.items_per_call])
     rates = [per_batch[str(size)]["items_per_s"] for size in args.batch_sizes]
     infos = {m.role: m.model_id for m in stage.models()}
@@ -209,8 +220,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "speedup": rates[-1] / rates[0] if rates[0] else None,
         "acoustic_rtf": parts["acoustic_rtf"],
         "vocoder_rtf": parts.get("vocoder_rtf"),
-        "max_abs_diff": mel_diff,
-        "max_abs_diff_wave": wave_diff,
+        **diffs,
         "equivalence_items": args.check_items,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -270,6 +280,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"speedup {report['speedup']:.2f}x, max_abs_diff {mels} (mels), "
         f"{waves} (waves); {report['threads']} thread(s), {report['dtype']}"
     )
+    if report.get("max_abs_diff_float32") is not None:
+        lines.append(f"{report['dtype']} mels vs float32's: max_abs_diff {report['max_abs_diff_float32']:.2e}")
     return "\n".join(lines)
 
 

@@ -16,6 +16,12 @@ weights over a padded batch and reproduces, item by item, what `Tacotron2.infere
   of the batch, so the remaining steps cost only the items still speaking;
 - the postnet runs once on the padded batch, every layer's input masked like the encoder's.
 
+Under torch.autocast (the stage's bfloat16 `dtype`) every layer sees the dtype it sees in ESPnet's own path:
+masks are cast to the activation's dtype, so the encoder's BLSTM and the postnet get bfloat16 inputs, and the
+decoder's outputs are gathered and the postnet added in bfloat16, as ESPnet's concatenated outputs are. A lone
+item then gives Text2Speech's bfloat16 mels bit for bit (with float32 masks and buffers it gave more precise
+mels, 1.2e-02 away: one bfloat16 step); in a batch, a kernel may still round differently by batch size.
+
 The prenet applies dropout at inference (ESPnet, as in the paper), so with dropout on, batched and
 one-at-a-time outputs are two samples of the same distribution; `prenet_dropout(tts, 0.0)` turns it off
 for equivalence checks.
@@ -81,10 +87,12 @@ def valid_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 def encode(enc: torch.nn.Module, xs: torch.Tensor, ilens: torch.Tensor) -> torch.Tensor:
     """Encoder.forward over a padded batch (B, T) with every layer's input masked: (B, T, eunits)."""
-    mask = valid_mask(ilens, xs.size(1))[:, None, :].to(torch.float32)
-    x = enc.embed(xs).transpose(1, 2) * mask
+    mask = valid_mask(ilens, xs.size(1))[:, None, :]
+    x = enc.embed(xs).transpose(1, 2)
     for conv in enc.convs or []:
-        x = ((x + conv(x)) if enc.use_residual else conv(x)) * mask
+        x = x * mask.to(x.dtype)
+        x = (x + conv(x)) if enc.use_residual else conv(x)
+    x = x * mask.to(x.dtype)
     if enc.blstm is None:
         return x.transpose(1, 2)
     packed = pack_padded_sequence(x.transpose(1, 2), ilens.cpu(), batch_first=True, enforce_sorted=False)
@@ -97,10 +105,11 @@ def postnet(dec: torch.nn.Module, before: torch.Tensor, lengths: torch.Tensor) -
     """before + Postnet(before) on (B, odim, L), each layer's input masked as a lone item's zero padding."""
     if dec.postnet is None:
         return before
-    mask = valid_mask(lengths, before.size(2))[:, None, :].to(before.dtype)
-    x = before * mask
+    mask = valid_mask(lengths, before.size(2))[:, None, :]
+    x = before * mask.to(before.dtype)
     for layer in dec.postnet.postnet:
-        x = layer(x) * mask
+        x = layer(x)
+        x = x * mask.to(x.dtype)
     return before + x
 
 
@@ -118,8 +127,9 @@ def decode(
     minlens = (ilens.to(torch.float64) * minlenratio).long()
     # An item stops by step max(maxlen, minlen) at the latest (rounded up to whole steps of r frames).
     limit = int(torch.maximum(maxlens, minlens).max()) + r
-    outs = hs.new_zeros(batch, odim, limit + r)
-    probs = hs.new_zeros(batch, limit + r)
+    # Filled in the dtype the steps produce (bfloat16 under autocast), as ESPnet's concatenated outputs are.
+    outs: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
     lengths = torch.zeros(batch, dtype=torch.long)
 
     active = torch.arange(batch)
@@ -140,8 +150,10 @@ def decode(
         zcs = torch.cat([z[-1], att_c], dim=1) if dec.use_concate else z[-1]
         out = dec.feat_out(zcs).view(len(active), odim, -1)  # (n, odim, r)
         prob = torch.sigmoid(dec.prob_out(zcs))  # (n, r)
-        outs[active, :, idx - r : idx] = out.to(outs.dtype)  # under autocast `out` may be bfloat16
-        probs[active, idx - r : idx] = prob.to(probs.dtype)
+        if outs is None or probs is None:
+            outs, probs = out.new_zeros(batch, odim, limit + r), prob.new_zeros(batch, limit + r)
+        outs[active, :, idx - r : idx] = out
+        probs[active, idx - r : idx] = prob
         prev_out = out[:, :, -1] if dec.output_activation_fn is None else dec.output_activation_fn(out[:, :, -1])
         prev_att_w = prev_att_w + att_w if dec.cumulate_att_w and prev_att_w is not None else att_w
 
@@ -158,6 +170,7 @@ def decode(
             prev_out = prev_out[keep]
             dec.att.reset()  # it caches the projected encoder states and the mask of the old batch
 
+    assert outs is not None and probs is not None
     width = int(lengths.max())
     after = postnet(dec, outs[:, :, :width], lengths).transpose(1, 2)  # (B, L, odim)
     if dec.output_activation_fn is not None:
