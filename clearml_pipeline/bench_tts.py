@@ -108,6 +108,7 @@ def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
     does not batch (FastSpeech2 goes through ESPnet piece by piece: there is nothing to compare)."""
     import torch
 
+    from steps.device import pick_dtype
     from steps.speech_synthesis import denormalized
     from steps.tacotron_batch import batchable, prenet_dropout, tacotron2_inference, vocode
 
@@ -130,7 +131,7 @@ def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
             waves = vocode(t2s.vocoder, feats)
             lone = [t2s.vocoder(f).view(-1) for f in feats]
             diffs["max_abs_diff_wave"] = max(_diff(w, one) for w, one in zip(waves, lone, strict=True))
-        if diffs["max_abs_diff"] is not None and opts.dtype != "float32":
+        if diffs["max_abs_diff"] is not None and pick_dtype(opts.dtype, opts.device) != torch.float32:
             with prenet_dropout(t2s.tts, 0.0):
                 reference = [t2s(p)["feat_gen"] for p in pieces]  # float32: no autocast
             diffs["max_abs_diff_float32"] = max(
