@@ -288,8 +288,10 @@ def bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from clearml_pipeline.logs import quiet_libraries
+    from clearml_pipeline.memory import retain_freed_memory
     from resources.weights import ModelUnavailableError
 
+    retain_freed_memory()  # before any model: the sequential runtime and the bench's baseline run in this process
     quiet_libraries()
     args = build_parser().parse_args(argv)
     try:

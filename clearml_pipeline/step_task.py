@@ -128,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     """The step, with SIGTERM handled as Ctrl-C from the first line (an agent's abort, the local runner's
     forwarded signal, or its death): the step then writes every row it has and exits 128 + the signal."""
     from clearml_pipeline.interrupts import die_with_parent, handle_signals, interrupted_exit_code
+    from clearml_pipeline.memory import retain_freed_memory
 
     handle_signals()
     if parent := os.environ.get(PARENT_ENV):
         die_with_parent(int(parent))
+    retain_freed_memory()
     try:
         return _main(argv)
     except KeyboardInterrupt:

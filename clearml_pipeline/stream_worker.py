@@ -19,6 +19,7 @@ import numpy as np
 
 from clearml_pipeline.execution import run_group
 from clearml_pipeline.logs import quiet_libraries
+from clearml_pipeline.memory import retain_freed_memory
 from steps.results import ItemResult
 from steps.stages import StageSpec, StepContext, build_stage, stage
 
@@ -72,6 +73,7 @@ def worker_main(
     writing (SIGKILL, out of memory) would leave a shared queue's lock held, and every other worker blocked."""
     import torch
 
+    retain_freed_memory()  # a fresh interpreter (spawn): its own malloc, tuned like the parent's
     quiet_libraries()
     torch.set_num_threads(threads)
     spec = stage(stage_name)

@@ -26,6 +26,7 @@ from tests.speech import SPANISH_SENTENCES, speak, tone
 
 N_CLIPS = 6
 CAPS = ["--models", "fixtures", "--st-max-new-tokens", "8", "--mt-max-new-tokens", "8", "--tts-maxlenratio", "4"]
+FIXED_96_TOKENS = ("--st-min-new-tokens", "96", "--st-max-new-tokens", "96")
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +75,15 @@ def lines(path: Path) -> int:
 class Run:
     """A real run in its own process; `until(ready)` waits (collecting its descendants) until `ready()`."""
 
-    def __init__(self, args: list[str], out: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], out: Path, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.out = out
         self.log = out.parent / f"{out.name}.log"
         self.seen: dict[int, str] = {}  # every descendant seen, with its command line then
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "clearml_pipeline", *args, "--output", str(out), *CAPS],
+                [sys.executable, "-m", "clearml_pipeline", *args, "--output", str(out), *CAPS, *extra],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
                 env=env or {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")},
             )
@@ -203,7 +206,9 @@ def test_steps_runtime_sigterm_then_a_rerun_with_other_audio_is_fresh(clips: Pat
     (issue 12, item 2)."""
     clips = Path(shutil.copytree(clips, tmp_path / "clips"))
     out = tmp_path / "out"
-    run = Run(["run", "--local", "--input", str(clips), "--batch-size", "1"], out)
+    # 96 decoded tokens a clip (after CAPS: the last flag wins) keep the step busy for seconds after its first
+    # row: with 8, the whole step could finish between that row and the signal, and there was no mid-step.
+    run = Run(["run", "--local", "--input", str(clips), "--batch-size", "1"], out, extra=FIXED_96_TOKENS)
     run.until(lambda: lines(out / "steps" / "speech_translation" / "partial.jsonl") >= 1)
     assert run.seen_running("step_task")
     rows = check_every_row(run, clips, run.stop(signal.SIGTERM), signal.SIGTERM)

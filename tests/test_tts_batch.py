@@ -238,6 +238,9 @@ def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Pa
     assert report["vocoder"] == "parallel_wavegan/csmsc_hifigan.v1" and report["device"] == "cpu"
     assert report["threads"] >= 1 and report["frames_per_phone"] == 4.0 and report["dtype"] == dtype
     assert report["acoustic_rtf"] > 0 and report["vocoder_rtf"] > 0
+    # HiFiGAN goes piece by piece on a CPU: batching the acoustic model can at most remove the rest of batch 1
+    assert report["speedup_ceiling"] == pytest.approx(one["rtf"] / report["vocoder_rtf"])
+    assert report["warmup_passes"] == 1  # the default: each batch size measured on shapes already seen
 
 
 def test_bfloat16_autocast_speaks_what_float32_does_at_its_precision(stage: EspnetSynthesizer) -> None:

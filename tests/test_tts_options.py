@@ -156,6 +156,7 @@ def test_bench_tts_reports_fastspeech2_with_multi_band_melgan(fixture_caches: Fi
     assert report["max_abs_diff"] is None  # FastSpeech2 is not batched: no batched mels to compare
     assert report["max_abs_diff_float32"] is None
     assert report["max_abs_diff_wave"] <= 1e-6  # the vocoder goes piece by piece either way
+    assert report["speedup_ceiling"] is None  # nothing is batched, so there is no batching ceiling
     assert (report["model"], report["vocoder"], report["dtype"]) == (FASTSPEECH2_ID, MB_MELGAN, "bfloat16")
     assert report["acoustic_rtf"] > 0 and report["vocoder_rtf"] > 0
 
@@ -240,4 +241,5 @@ def test_bench_tts_reports_vits_without_a_vocoder(fixture_caches: FixtureCaches,
     report = json.loads((tmp_path / "bench_tts.json").read_text(encoding="utf-8"))
     assert (report["model"], report["vocoder"], report["dtype"]) == (VITS_ID, NO_VOCODER, "bfloat16")
     assert report["max_abs_diff"] is None and report["max_abs_diff_wave"] is None and report["vocoder_rtf"] is None
+    assert report["speedup_ceiling"] is None  # no vocoder to bound it
     assert report["acoustic_rtf"] > 0 and all(row["audio_seconds"] > 0 for row in report["batch_sizes"].values())
