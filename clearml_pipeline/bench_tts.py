@@ -264,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", type=_sizes, default=[1, 8], help="comma separated, e.g. 1,8")
     parser.add_argument("--requests", type=int, default=16, help="Chinese texts synthesized per batch size")
     parser.add_argument("--items-per-call", type=int, default=8, help="items per stage call (the runner's batch)")
-    parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes before each batch size's")
+    parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes before each batch size is timed")
     parser.add_argument("--frames-per-phone", type=float, default=FRAMES_PER_PHONE, help="fixture decode length")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 leaves torch's default")
     parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")

@@ -4,14 +4,15 @@ Why: by default glibc returns the free top of its heap to the kernel once it exc
 follows the largest recent mmap'd block (at most 64 MB), and serves blocks above a dynamic mmap threshold with
 a fresh mmap each time. A stage that allocates and frees its activations on every batch then page-faults (and
 the kernel zeroes) the same memory again and again. Measured in the bench's streaming run here (AMD EPYC,
-2 cores, fixture models): 20-35 % of the CPU time was the kernel's page faults (`perf`: exc_page_fault,
-clear_page_erms, unmap_page_range); with this tuning it fell to 2-3 % and streaming rose from 4.3-4.8 to
-5.8 items/s (benchmarks/README.md).
+2 cores, fixture models): 20-35 % of the CPU time was system time, mostly page faults (`perf`: exc_page_fault,
+clear_page_erms, unmap_page_range); with this tuning it fell to 3-10 %. Throughput on that guest varied more
+between runs than the change did (streaming 4.0-5.2 items/s with it, 4.3-4.8 without: benchmarks/README.md).
 
 What it sets: M_MMAP_THRESHOLD to 32 MB, the most mallopt accepts (blocks up to it come from the heap), and
 M_TRIM_THRESHOLD to 1 GB (a free heap top is kept up to that much). Setting either one alone makes glibc drop
 its dynamic thresholds and is worse than the defaults (measured: 17-25x their page faults), so both are set or none.
-The memory kept is what the process already used at its peak, so peak RSS does not grow.
+The memory kept is what the process already used at its peak: peak RSS does not grow, RSS just stays near it
+between batches instead of falling.
 
 Not applied where the user decided otherwise: a MALLOC_* or GLIBC_TUNABLES variable in the environment, or
 another allocator preloaded (LD_PRELOAD, e.g. jemalloc or tcmalloc); nor off glibc (macOS, musl).
