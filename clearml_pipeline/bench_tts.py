@@ -217,7 +217,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     rates = [per_batch[str(size)]["items_per_s"] for size in args.batch_sizes]
     first_rtf, vocoder_rtf = per_batch[str(args.batch_sizes[0])]["rtf"], parts.get("vocoder_rtf")
     # Only a batched acoustic model has a ceiling to report, and only while batching leaves the vocoder's cost as it is.
-    piecewise = batchable(stage.tts.tts) and vocoder_rtf is not None and not stage.batch_vocoder()
+    piecewise = batchable(stage.tts.tts) and not stage.batch_vocoder()
     infos = {m.role: m.model_id for m in stage.models()}
     return {
         "models": args.models,
@@ -234,7 +234,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "speedup": rates[-1] / rates[0] if rates[0] else None,
         "speedup_ceiling": first_rtf / vocoder_rtf if piecewise and first_rtf and vocoder_rtf else None,
         "acoustic_rtf": parts["acoustic_rtf"],
-        "vocoder_rtf": parts.get("vocoder_rtf"),
+        "vocoder_rtf": vocoder_rtf,
         **diffs,
         "equivalence_items": args.check_items,
         "load_average_before": load_before,
