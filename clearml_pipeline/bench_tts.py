@@ -76,9 +76,8 @@ def tts_fixture_caches(root: Path, full: bool) -> Any:
     return caches
 
 
-def stage_options(
-    models: str, frames_per_phone: float, model: str | None, vocoder: str | None, dtype: str | None = None
-) -> Any:
+def stage_options(models: str, frames_per_phone: float, **chosen: str | None) -> Any:
+    """The stage's options for a model set, with the chosen ones (model, vocoder, dtype, ...; None: the stage's)."""
     from steps.speech_synthesis import SpeechSynthesisOptions, hub_id
 
     options = SpeechSynthesisOptions()
@@ -89,7 +88,7 @@ def stage_options(
         full = models == "fixtures-full"
         # A complete build of the whole set serves as it is, when it holds the model (VITS is only in the TTS set).
         caches = caches_under(fixtures_root(full))
-        wanted = caches.espnet_cache / f"models--{hub_id(model or options.model).replace('/', '--')}"
+        wanted = caches.espnet_cache / f"models--{hub_id(chosen.get('model') or options.model).replace('/', '--')}"
         if not (is_complete(caches, full) and wanted.is_dir()):
             caches = tts_fixture_caches(tts_fixture_root(full), full)
         os.environ.setdefault("NLTK_DATA", str(caches.nltk_data))  # g2p_en's import-time nltk.download
@@ -99,8 +98,7 @@ def stage_options(
             vocoder_cache=str(caches.vocoder_cache),
             maxlenratio=frames_per_phone,
         )
-    changes = {key: value for key, value in (("model", model), ("vocoder", vocoder), ("dtype", dtype)) if value}
-    return replace(options, **changes)
+    return replace(options, **{key: value for key, value in chosen.items() if value})
 
 
 def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
@@ -197,7 +195,14 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    options = stage_options(args.models, args.frames_per_phone, args.tts_model, args.tts_vocoder, args.tts_dtype)
+    options = stage_options(
+        args.models,
+        args.frames_per_phone,
+        model=args.tts_model,
+        vocoder=args.tts_vocoder,
+        dtype=args.tts_dtype,
+        channels_last=args.tts_channels_last,
+    )
     stage = EspnetSynthesizer(options)
     stage.ensure_ready()
     texts = [CHINESE[i % len(CHINESE)] for i in range(args.requests)]
@@ -225,6 +230,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "vocoder": infos.get("vocoder"),
         "device": stage.options.device,
         "dtype": stage.options.dtype,
+        "channels_last_layers": stage.channels_last_layers,
         "threads": torch.get_num_threads(),
         "requests": args.requests,
         "items_per_call": args.items_per_call,
@@ -271,6 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")
     parser.add_argument("--tts-vocoder", default=None, help="another vocoder (default: the stage's)")
     parser.add_argument("--tts-dtype", default=None, help="float32, bfloat16 or float16 (default: the stage's)")
+    parser.add_argument(
+        "--tts-channels-last", default=None, help="vocoder convolutions on channels-last views: auto, true, false"
+    )
     parser.add_argument("--output", type=Path, required=True, help="folder for bench_tts.json")
 
 

@@ -241,6 +241,7 @@ def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Pa
     # HiFiGAN goes piece by piece on a CPU: batching the acoustic model can at most remove the rest of batch 1
     assert report["speedup_ceiling"] == pytest.approx(one["rtf"] / report["vocoder_rtf"])
     assert report["warmup_passes"] == 1  # the default: each batch size measured on shapes already seen
+    assert report["channels_last_layers"] > 0  # the CPU default: HiFiGAN's convolutions on channels-last views
 
 
 def test_bfloat16_autocast_speaks_what_float32_does_at_its_precision(stage: EspnetSynthesizer) -> None:

@@ -14,6 +14,7 @@ import torch
 from registry.fixtures import FASTSPEECH2_ID, MB_MELGAN_TAG, VITS_ID, FixtureCaches
 from registry.fixtures.espnet_fastspeech2 import FRAMES_PER_TOKEN, ZOO_TAG
 from registry.fixtures.espnet_vits import ZOO_TAG as VITS_ZOO_TAG
+from steps.channels_last import ChannelsLastConv1d, ChannelsLastConvTranspose1d
 from steps.speech_synthesis import NO_VOCODER, EspnetSynthesizer, Speech, denormalized, hub_id
 from steps.tacotron_batch import batchable, batched_hifigan, prenet_dropout, vocode
 from tests.configs import fixture_config
@@ -215,6 +216,15 @@ def test_vits_needs_no_vocoder_and_speaks_as_espnet_does(vits_cache: Path) -> No
     expected = np.concatenate([waves[0], pause, waves[1]])
     assert speech.samples.shape == expected.shape and float(np.abs(speech.samples - expected).max()) <= 1e-5
     assert all(len(w) % 256 == 0 and len(w) > 0 for w in waves)  # whole frames of the 256-sample hop
+    # VITS's HiFiGAN decoder is computed on channels-last views on a CPU (steps.channels_last), with the same wave
+    decoder = stage.tts.tts.generator.decoder
+    converted = sum(isinstance(m, (ChannelsLastConv1d, ChannelsLastConvTranspose1d)) for m in decoder.modules())
+    assert stage.channels_last_layers == converted > 0
+    plain = stage_with(model=VITS_ID, model_cache=str(vits_cache), channels_last="false")
+    assert plain.channels_last_layers == 0
+    torch.manual_seed(0)
+    same = plain.process([item])[0]
+    assert isinstance(same, Speech) and float(np.abs(same.samples - speech.samples).max()) <= 1e-5
 
 
 def test_vits_by_its_zoo_name(vits_cache: Path) -> None:
