@@ -188,6 +188,7 @@ def measure(stage: Any, texts: list[str], items_per_call: int) -> dict[str, Any]
 def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from clearml_pipeline.memory import objects_frozen
     from registry.fixtures.corpus import CHINESE
     from steps.speech_synthesis import EspnetSynthesizer
     from steps.tacotron_batch import batchable
@@ -208,15 +209,16 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     texts = [CHINESE[i % len(CHINESE)] for i in range(args.requests)]
     stage.run(texts[:1])  # warm-up: first-call allocations and lazy imports stay out of the figures
     per_batch: dict[str, Any] = {}
-    for size in args.batch_sizes:
-        stage.options = replace(stage.options, batch_size=size)
-        # Untimed passes over the same texts first: the first call at each new shape builds its oneDNN
-        # primitives, so without them whichever batch size ran first paid for shapes the next one reused
-        # (measured: FastSpeech2, which is never batched, ran 1.3-1.6x faster at the second batch size than the first).
-        for _ in range(args.warmup_passes):
-            measure(stage, texts, args.items_per_call)
-        per_batch[str(size)] = measure(stage, texts, args.items_per_call)
-        print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
+    with objects_frozen():  # as every runtime's loop runs (clearml_pipeline.memory)
+        for size in args.batch_sizes:
+            stage.options = replace(stage.options, batch_size=size)
+            # Untimed passes over the same texts first: the first call at each new shape builds its oneDNN
+            # primitives, so without them whichever batch size ran first paid for shapes the next one reused
+            # (measured: FastSpeech2, never batched, ran 1.3-1.6x faster at the second batch size than the first).
+            for _ in range(args.warmup_passes):
+                measure(stage, texts, args.items_per_call)
+            per_batch[str(size)] = measure(stage, texts, args.items_per_call)
+            print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
     diffs = equivalence(stage, list(CHINESE[: args.check_items]))
     parts = components(stage, texts[: args.items_per_call])
     rates = [per_batch[str(size)]["items_per_s"] for size in args.batch_sizes]

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import IO, Any, TypeVar
 
 from clearml_pipeline.inputs import OUTPUT_MARKER
+from clearml_pipeline.memory import objects_frozen
 from steps.base import Stage
 from steps.results import ItemResult, write_rows
 from steps.stages import AUDIO_DIR, INPUT, StageSpec, StepContext, finish
@@ -111,11 +112,12 @@ def run_groups(
     Returns True when interrupted: then the rows not finished are in the sink too, marked interrupted."""
     done = 0
     try:
-        for group in batched(rows, group_size):
-            finished = run_group(stages, list(group), ctx)
-            done += len(finished)  # counted before it is written: an interrupt while writing keeps it finished
-            sink.append(finished)
-            progress(len(finished))
+        with objects_frozen():  # the loaded stages stay out of the collector's walks while they work
+            for group in batched(rows, group_size):
+                finished = run_group(stages, list(group), ctx)
+                done += len(finished)  # counted before it is written: an interrupt while writing keeps it finished
+                sink.append(finished)
+                progress(len(finished))
     except KeyboardInterrupt:
         rest = list(rows[done:])
         mark_interrupted(rest)

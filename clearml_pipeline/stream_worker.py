@@ -19,7 +19,7 @@ import numpy as np
 
 from clearml_pipeline.execution import run_group
 from clearml_pipeline.logs import quiet_libraries
-from clearml_pipeline.memory import retain_freed_memory
+from clearml_pipeline.memory import freeze_loaded_objects, retain_freed_memory
 from steps.results import ItemResult
 from steps.stages import StageSpec, StepContext, build_stage, stage
 
@@ -85,6 +85,7 @@ def worker_main(
     except Exception as exc:  # noqa: BLE001 - reported: the router fails the start or the stage's rows
         outbox.send(("failed", worker_id, f"{type(exc).__name__}: {exc}"))
         return
+    freeze_loaded_objects()  # for the worker's life: its stage is loaded and warm
     outbox.send(("ready", worker_id, time.monotonic() - started, built.models()))
     while True:
         first = inbox.get()

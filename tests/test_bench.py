@@ -67,6 +67,7 @@ def test_bench_json_has_the_headline_figures(bench: dict[str, Any]) -> None:
     assert set(report["threads"]) == set(report["replicas"]) and min(report["threads"].values()) >= 1
     for name, stage in report["stages"].items():
         assert stage["standalone_items_per_s"] > 0 and stage["cpu_s_per_item"] > 0
+        assert stage["streaming_cpu_s_per_item"] > 0  # measured in the streaming run, beside the standalone figure
         assert stage["capacity_items_per_s"] == pytest.approx(
             stage["standalone_items_per_s"] * report["replicas"][name]
         )

@@ -59,3 +59,24 @@ def test_tuned_malloc_keeps_freed_batches_and_stops_refaulting_them() -> None:
 def test_a_users_own_allocator_settings_are_left_alone(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name, "x")
     assert retain_freed_memory() is False
+
+
+def test_objects_frozen_keeps_what_is_loaded_out_of_the_collectors_walks() -> None:
+    import gc
+
+    from clearml_pipeline.memory import objects_frozen
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a reference cycle: only the cyclic collector frees it
+
+    loaded = [{"weights": list(range(10))} for _ in range(20_000)]  # a loaded model's many small objects
+    walked_before = len(gc.get_objects())  # what a full collection walks
+    with objects_frozen():
+        assert gc.get_freeze_count() >= len(loaded)
+        assert len(gc.get_objects()) < walked_before - len(loaded)
+        garbage = Node()
+        del garbage
+        assert gc.collect() > 0  # what the work leaves in cycles is still collected
+    assert gc.get_freeze_count() == 0  # handed back afterwards
+    assert len(gc.get_objects()) >= len(loaded)

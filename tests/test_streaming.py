@@ -43,10 +43,44 @@ def test_ratios_threads_and_auto_replicas() -> None:
     costs = {"speech_translation": 0.1, "machine_translation": 0.1, "speech_synthesis": 0.8}
     assert auto_replicas(costs, cpu, 10) == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 8}
     assert auto_replicas(costs, gpu, 8)["speech_synthesis"] == 8
+    # The replicas add up to the budget (cores, or one per stage): 2 cores and 3 CPU stages give 1:1:1, not the
+    # 1:1:2 that rounding each share gave (four processes taking turns on two cores, each batch split in two).
+    balanced = {"speech_translation": 0.12, "machine_translation": 0.02, "speech_synthesis": 0.17}
+    assert auto_replicas(balanced, cpu, 2) == dict.fromkeys(NAMES, 1)
+    assert auto_replicas(balanced, cpu, 4) == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 2}
+    assert auto_replicas(balanced, cpu, 6) == {"speech_translation": 2, "machine_translation": 1, "speech_synthesis": 3}
+    assert all(sum(auto_replicas(costs, cpu, n).values()) == max(n, 3) for n in range(1, 17))
     replicas, threads, why = plan(StreamingOptions(replicas="auto"), cpu, 10, lambda: costs)
     assert replicas["speech_synthesis"] == 8 and threads == dict.fromkeys(NAMES, 1)
     assert why.startswith("auto: 10 cores") and "speech_synthesis 0.800" in why  # the summary says why
     assert plan(StreamingOptions(replicas="1:1:2"), cpu, 10, lambda: costs)[2] == "given: --replicas 1:1:2"
+
+
+def test_rows_that_arrive_together_go_to_one_replica_a_batch_at_a_time(tmp_path: Path) -> None:
+    """The router deals a stage's pending rows out a whole batch per replica, so two replicas each get batches
+    of 8 from upstream batches of 8, not 4 and 4 (which cost speech synthesis 1.6x the CPU per item)."""
+    import queue
+    from collections import deque
+    from types import SimpleNamespace
+
+    from clearml_pipeline.streaming import Worker
+
+    tts = STAGES[-1]
+    config = fixture_config({"runner": {"batch_size": 8}})
+    runner = StreamingRunner(config, StreamingOptions(), StepContext(tmp_path, 60.0), {tts.name: 2}, {tts.name: 1})
+    alive = SimpleNamespace(is_alive=lambda: True)
+    workers = [Worker(i, tts, alive, queue.Queue(maxsize=16), None, ready=True) for i in range(2)]  # type: ignore[arg-type]
+    runner.workers = {w.id: w for w in workers}
+    runner.sent_at = {}
+    pending = {spec.name: deque() for spec in STAGES}
+    pending[tts.name].extend(ItemResult(f"a{i}", "") for i in range(8))
+    runner._dispatch(pending)
+    assert [len(w.held) for w in workers] == [8, 0]  # the first upstream batch: one replica, whole
+    pending[tts.name].extend(ItemResult(f"b{i}", "") for i in range(11))
+    runner._dispatch(pending)
+    assert sorted(workers[1].held) == [f"b{i}" for i in range(8)]  # the next batch: the other replica, whole
+    assert list(workers[0].held)[8:] == ["b8", "b9", "b10"]  # the rest start a batch on the least loaded one
+    assert not pending[tts.name] and [w.inbox.qsize() for w in workers] == [11, 8]
 
 
 @pytest.fixture(scope="module")

@@ -233,3 +233,18 @@ def test_unsupported_compute_types_fail_before_anything_is_converted(
         with pytest.raises(ValueError, match=f"{compute_type!r} is not supported on cpu.*int8"):
             stage.setup()
         assert not cache.exists()  # no conversion and no empty cache folders left behind
+
+
+def test_features_one_chunk_at_a_time_are_the_batched_extractors(hf: WhisperTranslator, clip: Audio) -> None:
+    """features() runs the extractor chunk by chunk (a batched STFT was mapped and faulted in on every call):
+    the numbers are what one batched call gives, chunks of other lengths included."""
+    from resources.audio import WHISPER_SAMPLE_RATE
+
+    short = Audio(clip.samples[: len(clip.samples) // 3], clip.sample_rate)
+    chunks = [clip, short, clip]
+    batched = hf.feature_extractor(
+        [c.samples for c in chunks], sampling_rate=WHISPER_SAMPLE_RATE, return_tensors="np"
+    ).input_features
+    ours = hf.features(chunks)
+    assert ours.shape == batched.shape == (3, 80, 3000)
+    assert np.array_equal(ours, batched) and not np.array_equal(ours[0], ours[1])
