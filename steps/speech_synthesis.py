@@ -8,7 +8,8 @@ ESPnet2 TTS model such as the CSMSC Conformer FastSpeech2. The vocoder comes thr
 characters the model's token list cannot say (Latin letters, symbols) are dropped and recorded, and long
 text is synthesized sentence by sentence with a short pause between pieces. `dtype` bfloat16 runs the model
 and the vocoder under torch.autocast: on a CPU with AVX-512 BF16 / AMX, Tacotron2 at batch 8 + HiFiGAN then ran
-at 1.8-2x float32's throughput (benchmarks/README.md), at bfloat16's precision (about 3 significant digits).
+at 1.8-2.2x float32's throughput (benchmarks/README.md), at bfloat16's precision (about 3 significant digits).
+On a CPU the vocoder's convolutions run on channels-last views (steps.channels_last: no layout copy per layer).
 """
 
 from __future__ import annotations
