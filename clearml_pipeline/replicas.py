@@ -82,7 +82,7 @@ def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores:
     total = sum(cpu_s_per_item[name] for name in cpu_stages) or 1.0
     share = {name: budget * cpu_s_per_item[name] / total for name in cpu_stages}
     replicas = {s.name: 1 for s in STAGES}
-    for _ in range(budget - len(cpu_stages)):
+    for _ in range(budget - len(cpu_stages) if cpu_stages else 0):
         name = max(cpu_stages, key=lambda n: share[n] - replicas[n])
         replicas[name] += 1
     return replicas

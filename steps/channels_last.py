@@ -11,7 +11,7 @@ samples bit for bit; in float32 0.185 -> 0.146 (within 1e-7: another kernel's ro
 
 `channels_last_convolutions` changes the class of each plain Conv1d / ConvTranspose1d of a module to the
 subclasses below and stores each weight so that its 4-D view is channels-last. Parameters, their names and the
-state dict stay as they are; every layer's output is the same tensor, strided channels-last (the stride is
+state dict stay as they are; every layer's output has the same values, strided channels-last (the stride is
 invisible to elementwise ops, so the next layer reads it without a copy). Layers it cannot compute this way are
 left alone: weight-normalized ones (their weight is recomputed at each call), other padding modes, string padding
 and subclasses with a forward of their own (causal convolutions).
@@ -43,7 +43,7 @@ class ChannelsLastConvTranspose1d(torch.nn.ConvTranspose1d):
     """ConvTranspose1d computed as a 1 x K transposed conv2d on a channels-last view."""
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if output_size is not None:  # the output padding is then derived from the size: ESPnet's own path does it
+        if output_size is not None:  # the output padding is derived from the size asked for: the plain path does it
             return super().forward(input, output_size)
         return F.conv_transpose2d(
             input.unsqueeze(2),

@@ -50,6 +50,7 @@ def test_ratios_threads_and_auto_replicas() -> None:
     assert auto_replicas(balanced, cpu, 4) == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 2}
     assert auto_replicas(balanced, cpu, 6) == {"speech_translation": 2, "machine_translation": 1, "speech_synthesis": 3}
     assert all(sum(auto_replicas(costs, cpu, n).values()) == max(n, 3) for n in range(1, 17))
+    assert auto_replicas(costs, dict.fromkeys(NAMES, True), 8) == dict.fromkeys(NAMES, 1)  # every stage on a GPU
     replicas, threads, why = plan(StreamingOptions(replicas="auto"), cpu, 10, lambda: costs)
     assert replicas["speech_synthesis"] == 8 and threads == dict.fromkeys(NAMES, 1)
     assert why.startswith("auto: 10 cores") and "speech_synthesis 0.800" in why  # the summary says why
