@@ -128,7 +128,12 @@ class EspnetSynthesizer(Stage[str, Speech]):
             threshold=opts.threshold,
         )
         if self.vocode_channels_last():
-            self.channels_last_layers = sum(channels_last_convolutions(g) for g in self.wave_generators())
+            for generator in self.wave_generators():
+                # VITS's decoder keeps its weight norm in ESPnet (recomputed at each call, so not convertible);
+                # removed here as ESPnet's wrapper removes it from parallel_wavegan vocoders.
+                if self.text_to_wave and hasattr(generator, "remove_weight_norm"):
+                    generator.remove_weight_norm()
+                self.channels_last_layers += channels_last_convolutions(generator)
         self.sample_rate = int(self.tts.fs)
         self.tokenizer = self.tts.preprocess_fn.tokenizer
         self.vocab = set(self.tts.preprocess_fn.token_id_converter.token_list)
@@ -239,18 +244,13 @@ class EspnetSynthesizer(Stage[str, Speech]):
         return _choice(self.options.channels_last, auto=not self.options.device.startswith("cuda"))
 
     def wave_generators(self) -> list[torch.nn.Module]:
-        """The convolutional networks that make the wave, ready for inference: the vocoder, or a text-to-wave
-        model's decoder (VITS's HiFiGAN, its weight norm removed; its other parts stay as ESPnet has them).
-        Griffin-Lim has none."""
+        """The convolutional networks that make the wave: the vocoder, or a text-to-wave model's decoder (VITS's
+        HiFiGAN; its other parts stay as ESPnet has them). Griffin-Lim has none."""
         if self.text_to_wave:
-            decoder = getattr(getattr(self.tts.model.tts, "generator", None), "decoder", None)
-            if not isinstance(decoder, torch.nn.Module):
-                return []
-            # As ESPnet's wrapper does for parallel_wavegan vocoders: the weights computed once, not at each call.
-            if hasattr(decoder, "remove_weight_norm"):
-                decoder.remove_weight_norm()
-            return [decoder]
-        return [self.tts.vocoder] if isinstance(self.tts.vocoder, torch.nn.Module) else []
+            generator = getattr(getattr(self.tts.model.tts, "generator", None), "decoder", None)
+        else:
+            generator = self.tts.vocoder
+        return [generator] if isinstance(generator, torch.nn.Module) else []
 
 
 NO_VOCODER = "none (text to wave)"

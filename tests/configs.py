@@ -15,3 +15,14 @@ def fixture_config(changes: Mapping[str, Mapping[str, Any]] | None = None) -> Ru
     config = RunConfig().updated({"runner": {"models": "fixtures"}})
     config = config.updated(model_caches("fixtures", config.sections()))
     return config.updated(decode_caps("fixtures", config.sections())).updated(changes or {})
+
+
+def tts_stage(**changes: Any) -> Any:
+    """The speech synthesis stage on the fixture caches with some options changed, loaded."""
+    from dataclasses import replace
+
+    from steps.speech_synthesis import EspnetSynthesizer
+
+    stage = EspnetSynthesizer(replace(fixture_config().speech_synthesis, **changes))
+    stage.ensure_ready()
+    return stage

@@ -4,7 +4,6 @@ on the layers it can compute that way, on parallel_wavegan's full-size HiFiGAN a
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from registry.fixtures import MB_MELGAN_TAG, FixtureCaches
 from steps.channels_last import ChannelsLastConv1d, ChannelsLastConvTranspose1d, channels_last_convolutions
 from steps.speech_synthesis import EspnetSynthesizer, Speech
 from steps.tacotron_batch import prenet_dropout
-from tests.configs import fixture_config
+from tests.configs import tts_stage
 
 
 class CausalConv1d(torch.nn.Conv1d):
@@ -87,18 +86,12 @@ def test_channels_last_full_size_hifigan_makes_the_same_samples() -> None:
     )
 
 
-def stage_with(**changes: str | int) -> EspnetSynthesizer:
-    stage = EspnetSynthesizer(replace(fixture_config().speech_synthesis, **changes))
-    stage.ensure_ready()
-    return stage
-
-
 @pytest.mark.parametrize("vocoder", ["parallel_wavegan/csmsc_hifigan.v1", f"parallel_wavegan/{MB_MELGAN_TAG}"])
 def test_the_stage_vocodes_channels_last_on_a_cpu_with_the_same_waves(
     fixture_caches: FixtureCaches, vocoder: str
 ) -> None:
     items = ["卡尔普陪外孙玩滑梯。你好！", "我有三只猫"]
-    fast, plain = stage_with(vocoder=vocoder), stage_with(vocoder=vocoder, channels_last="false")
+    fast, plain = tts_stage(vocoder=vocoder), tts_stage(vocoder=vocoder, channels_last="false")
     assert fast.options.channels_last == "auto" and fast.channels_last_layers > 0 and plain.channels_last_layers == 0
     assert any(isinstance(m, ChannelsLastConv1d) for m in fast.tts.vocoder.modules())
     assert not any(isinstance(m, ChannelsLastConv1d) for m in plain.tts.vocoder.modules())

@@ -17,27 +17,21 @@ from registry.fixtures.espnet_vits import ZOO_TAG as VITS_ZOO_TAG
 from steps.channels_last import ChannelsLastConv1d, ChannelsLastConvTranspose1d
 from steps.speech_synthesis import NO_VOCODER, EspnetSynthesizer, Speech, denormalized, hub_id
 from steps.tacotron_batch import batchable, batched_hifigan, prenet_dropout, vocode
-from tests.configs import fixture_config
+from tests.configs import fixture_config, tts_stage
 
 MB_MELGAN = f"parallel_wavegan/{MB_MELGAN_TAG}"
 HOP = 300
 ITEMS = ["卡尔普陪外孙玩滑梯。你好！", "我有3只猫，名字叫Tom！", "一。二。三。"]
 
 
-def stage_with(**changes: str | int) -> EspnetSynthesizer:
-    stage = EspnetSynthesizer(replace(fixture_config().speech_synthesis, **changes))
-    stage.ensure_ready()
-    return stage
-
-
 @pytest.fixture(scope="module")
 def melgan(fixture_caches: FixtureCaches) -> EspnetSynthesizer:
-    return stage_with(vocoder=MB_MELGAN, batch_size=4, batch_vocoder="true")
+    return tts_stage(vocoder=MB_MELGAN, batch_size=4, batch_vocoder="true")
 
 
 @pytest.fixture(scope="module")
 def fastspeech2(fixture_caches: FixtureCaches) -> EspnetSynthesizer:
-    return stage_with(model=FASTSPEECH2_ID, vocoder=MB_MELGAN)
+    return tts_stage(model=FASTSPEECH2_ID, vocoder=MB_MELGAN)
 
 
 def token_count(stage: EspnetSynthesizer, piece: str) -> int:
@@ -125,7 +119,7 @@ def test_fastspeech2_synthesizes_what_espnet_does_piece_by_piece(fastspeech2: Es
 
 
 def test_fastspeech2_by_its_zoo_name_with_hifigan(fixture_caches: FixtureCaches) -> None:
-    stage = stage_with(model=ZOO_TAG)
+    stage = tts_stage(model=ZOO_TAG)
     assert stage.local is not None and stage.local.model_id == FASTSPEECH2_ID
     assert batched_hifigan(stage.tts.vocoder) is not None  # the default vocoder
     speech = stage.process(["你好"])[0]
@@ -200,7 +194,7 @@ def vits_cache(tmp_path_factory: pytest.TempPathFactory, fixture_caches: Fixture
 def test_vits_needs_no_vocoder_and_speaks_as_espnet_does(vits_cache: Path) -> None:
     from espnet2.gan_tts.vits import VITS
 
-    stage = stage_with(model=VITS_ID, model_cache=str(vits_cache), vocoder="parallel_wavegan/not_cached.v1")
+    stage = tts_stage(model=VITS_ID, model_cache=str(vits_cache), vocoder="parallel_wavegan/not_cached.v1")
     assert isinstance(stage.tts.tts, VITS) and stage.tts.vocoder is None and stage.text_to_wave
     assert {m.role: m.model_id for m in stage.models()} == {"speech_synthesis": VITS_ID, "vocoder": NO_VOCODER}
     item = "你好。明天见！"
@@ -220,7 +214,7 @@ def test_vits_needs_no_vocoder_and_speaks_as_espnet_does(vits_cache: Path) -> No
     decoder = stage.tts.tts.generator.decoder
     converted = sum(isinstance(m, (ChannelsLastConv1d, ChannelsLastConvTranspose1d)) for m in decoder.modules())
     assert stage.channels_last_layers == converted > 0
-    plain = stage_with(model=VITS_ID, model_cache=str(vits_cache), channels_last="false")
+    plain = tts_stage(model=VITS_ID, model_cache=str(vits_cache), channels_last="false")
     assert plain.channels_last_layers == 0
     torch.manual_seed(0)
     same = plain.process([item])[0]
@@ -228,7 +222,7 @@ def test_vits_needs_no_vocoder_and_speaks_as_espnet_does(vits_cache: Path) -> No
 
 
 def test_vits_by_its_zoo_name(vits_cache: Path) -> None:
-    stage = stage_with(model=VITS_ZOO_TAG, model_cache=str(vits_cache))
+    stage = tts_stage(model=VITS_ZOO_TAG, model_cache=str(vits_cache))
     assert stage.local is not None and stage.local.model_id == VITS_ID and stage.vocoder is None
 
 
