@@ -103,10 +103,11 @@ def stage_options(models: str, frames_per_phone: float, **chosen: str | None) ->
 
 def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
     """Largest |batched - ESPnet one-at-a-time| over every frame of the mels (prenet dropout off), both in the
-    stage's dtype (`max_abs_diff`), and over every sample of the waves vocoded from the same mels
-    (`max_abs_diff_wave`). Under bfloat16 also `max_abs_diff_float32`: the batched mels against ESPnet's
-    float32 ones, what the lower precision itself changes. A mel figure is None for an acoustic model the stage
-    does not batch (FastSpeech2 goes through ESPnet piece by piece: there is nothing to compare)."""
+    stage's dtype, the batched ones decoded as the stage decodes them (on packed LSTM cells or not):
+    `max_abs_diff`; and over every sample of the waves vocoded from the same mels (`max_abs_diff_wave`).
+    Under bfloat16 also `max_abs_diff_float32`: the batched mels against ESPnet's float32 ones, what the lower
+    precision itself changes. A mel figure is None for an acoustic model the stage does not batch
+    (FastSpeech2 goes through ESPnet piece by piece: there is nothing to compare)."""
     import torch
 
     from steps.device import pick_dtype
@@ -123,7 +124,9 @@ def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
         with stage.precision():
             if batchable(t2s.tts):
                 with prenet_dropout(t2s.tts, 0.0):
-                    batched = tacotron2_inference(t2s.tts, ids, opts.threshold, opts.minlenratio, opts.maxlenratio)
+                    batched = tacotron2_inference(
+                        t2s.tts, ids, opts.threshold, opts.minlenratio, opts.maxlenratio, stage.decoder_cells()
+                    )
                     single = [t2s(p)["feat_gen"] for p in pieces]
                 diffs["max_abs_diff"] = max(_diff(b.feat_gen, s) for b, s in zip(batched, single, strict=True))
             else:
@@ -203,6 +206,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         vocoder=args.tts_vocoder,
         dtype=args.tts_dtype,
         channels_last=args.tts_channels_last,
+        packed_lstm=args.tts_packed_lstm,
     )
     stage = EspnetSynthesizer(options)
     stage.ensure_ready()
@@ -233,6 +237,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "device": stage.options.device,
         "dtype": stage.options.dtype,
         "channels_last_layers": stage.channels_last_layers,
+        "packed_lstm": batchable(stage.tts.tts) and stage.pack_lstm(),
         "threads": torch.get_num_threads(),
         "requests": args.requests,
         "items_per_call": args.items_per_call,
@@ -281,6 +286,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tts-dtype", default=None, help="float32, bfloat16 or float16 (default: the stage's)")
     parser.add_argument(
         "--tts-channels-last", default=None, help="vocoder convolutions on channels-last views: auto, true, false"
+    )
+    parser.add_argument(
+        "--tts-packed-lstm", default=None, help="batched Tacotron2's LSTM weights packed for oneDNN: auto, true, false"
     )
     parser.add_argument("--output", type=Path, required=True, help="folder for bench_tts.json")
 

@@ -33,12 +33,15 @@ end (forward pre-hooks, at each layer's own time resolution); each wave is then 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+# An LSTMCell's step: (x, (h, c)) -> (h', c').
+Cell = Callable[[torch.Tensor, tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -120,8 +123,11 @@ def decode(
     threshold: float,
     minlenratio: float,
     maxlenratio: float,
+    cells: Sequence[Cell] | None = None,
 ) -> list[Decoded]:
-    """Decoder.inference for every item of (B, T, C), the batch stepping together until each item stops."""
+    """Decoder.inference for every item of (B, T, C), the batch stepping together until each item stops.
+    `cells` replace the decoder's LSTM cells' calls (steps.packed_lstm: the same step on packed weights)."""
+    lstm: Sequence[Cell] = list(dec.lstm) if cells is None else cells
     batch, r, odim = hs.size(0), dec.reduction_factor, dec.odim
     maxlens = (ilens.to(torch.float64) * maxlenratio).long()  # int(len * ratio), as ESPnet truncates
     minlens = (ilens.to(torch.float64) * minlenratio).long()
@@ -144,9 +150,9 @@ def decode(
         idx += r
         att_c, att_w = dec.att(hs_a, lens_a.tolist(), z[0], prev_att_w)
         prenet_out = dec.prenet(prev_out) if dec.prenet is not None else prev_out
-        z[0], c[0] = dec.lstm[0](torch.cat([att_c, prenet_out], dim=1), (z[0], c[0]))
-        for i in range(1, len(dec.lstm)):
-            z[i], c[i] = dec.lstm[i](z[i - 1], (z[i], c[i]))
+        z[0], c[0] = lstm[0](torch.cat([att_c, prenet_out], dim=1), (z[0], c[0]))
+        for i in range(1, len(lstm)):
+            z[i], c[i] = lstm[i](z[i - 1], (z[i], c[i]))
         zcs = torch.cat([z[-1], att_c], dim=1) if dec.use_concate else z[-1]
         out = dec.feat_out(zcs).view(len(active), odim, -1)  # (n, odim, r)
         prob = torch.sigmoid(dec.prob_out(zcs))  # (n, r)
@@ -184,6 +190,7 @@ def tacotron2_inference(
     threshold: float = 0.5,
     minlenratio: float = 0.0,
     maxlenratio: float = 10.0,
+    cells: Sequence[Cell] | None = None,
 ) -> list[Decoded]:
     """Tacotron2.inference (no teacher forcing, no attention constraint) for many token sequences at once."""
     device = next(tts.parameters()).device
@@ -193,7 +200,7 @@ def tacotron2_inference(
         xs[i, : len(text)] = text.to(device)
         xs[i, len(text)] = tts.eos
     hs = encode(tts.enc, xs, ilens)
-    return decode(tts.dec, hs, ilens, threshold, minlenratio, maxlenratio)
+    return decode(tts.dec, hs, ilens, threshold, minlenratio, maxlenratio, cells)
 
 
 def batched_hifigan(vocoder: torch.nn.Module) -> torch.nn.Module | None:

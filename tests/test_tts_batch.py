@@ -190,12 +190,14 @@ def test_full_size_batched_mels_equal_espnet(fixture_caches: FixtureCaches) -> N
     with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
         single = [t2s(text)["feat_gen"] for text in texts]
         batched = tacotron2_inference(t2s.tts, token_ids(full, texts))
+        packed = tacotron2_inference(t2s.tts, token_ids(full, texts), cells=full.decoder_cells())
         feats = [denormalized(t2s.model, s) for s in single]
         waves = vocode(t2s.vocoder, feats)
         lone = [t2s.vocoder(f).view(-1) for f in feats]
-    for ours, theirs in zip(batched, single, strict=True):
-        assert ours.feat_gen.shape == theirs.shape
+    for ours, on_packed, theirs in zip(batched, packed, single, strict=True):
+        assert ours.feat_gen.shape == on_packed.feat_gen.shape == theirs.shape
         assert float((ours.feat_gen - theirs).abs().max()) <= TOLERANCE
+        assert float((on_packed.feat_gen - theirs).abs().max()) <= TOLERANCE
     assert max(float((w - o).abs().max()) for w, o in zip(waves, lone, strict=True)) <= 1e-4
     # bfloat16 (the fast CPU path): a lone item is ESPnet's own mels bit for bit at these widths too, and the
     # batch stays within a few bfloat16 steps of them (bench-tts measured 0 on this machine's AMX kernels).
@@ -203,7 +205,9 @@ def test_full_size_batched_mels_equal_espnet(fixture_caches: FixtureCaches) -> N
         single = [t2s(text)["feat_gen"] for text in texts]
         alone = tacotron2_inference(t2s.tts, token_ids(full, texts[:1]))[0].feat_gen
         batched = tacotron2_inference(t2s.tts, token_ids(full, texts))
-    assert alone.dtype == torch.bfloat16 and torch.equal(alone, single[0])
+        full.options = replace(full.options, dtype="bfloat16")
+        on_packed = tacotron2_inference(t2s.tts, token_ids(full, texts[:1]), cells=full.decoder_cells())[0].feat_gen
+    assert alone.dtype == torch.bfloat16 and torch.equal(alone, single[0]) and torch.equal(on_packed, single[0])
     for ours, theirs in zip(batched, single, strict=True):
         assert ours.feat_gen.shape == theirs.shape
         assert float((ours.feat_gen.float() - theirs.float()).abs().max()) <= 0.1
@@ -242,6 +246,7 @@ def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Pa
     assert report["speedup_ceiling"] == pytest.approx(one["rtf"] / report["vocoder_rtf"])
     assert report["warmup_passes"] == 1  # the default: each batch size measured on shapes already seen
     assert report["channels_last_layers"] > 0  # the CPU default: HiFiGAN's convolutions on channels-last views
+    assert report["packed_lstm"] is True  # the CPU default: max_abs_diff above is measured on the packed cells
 
 
 def test_bfloat16_autocast_speaks_what_float32_does_at_its_precision(stage: EspnetSynthesizer) -> None:
