@@ -13,6 +13,12 @@ each alone, one piece at a time, on the first `--items-per-call` texts. speedup_
 rtf / vocoder_rtf: the most that batching Tacotron2 can give while the vocoder goes piece by piece (the CPU
 default), were batched decoding free.
 
+Every timed pass repeats its warm-up's texts, so every shape has been seen, as in a process that serves the same
+texts again. `--fresh-lengths` times each batch size on decode lengths no earlier pass used instead (fixtures:
+frames per phone + 0.25 x (k + 1) for the k-th batch size), as a serving process meets new utterances: oneDNN
+then builds primitives for new input lengths, which the stage's `vocoder_bucket_frames` bounds. speedup is the
+ratio of the rtfs (of items/s where the audio is the same).
+
 Fixture model sets use the fixture caches when a complete build there holds the model; otherwise they build
 only the TTS fixtures (Tacotron2, FastSpeech2, VITS, HiFiGAN, MB-MelGAN; never whisper-large), under
 ~/.cache/s2st/tts-fixtures(-full), or $S2ST_TTS_FIXTURES_DIR.
@@ -76,7 +82,7 @@ def tts_fixture_caches(root: Path, full: bool) -> Any:
     return caches
 
 
-def stage_options(models: str, frames_per_phone: float, **chosen: str | None) -> Any:
+def stage_options(models: str, frames_per_phone: float, **chosen: str | int | None) -> Any:
     """The stage's options for a model set, with the chosen ones (model, vocoder, dtype, ...; None: the stage's)."""
     from steps.speech_synthesis import SpeechSynthesisOptions, hub_id
 
@@ -196,6 +202,8 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     from steps.speech_synthesis import EspnetSynthesizer
     from steps.tacotron_batch import batchable
 
+    if args.fresh_lengths and args.models == "hub":
+        raise ValueError("--fresh-lengths sets the fixtures' decode lengths; real models stop where they stop")
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -207,6 +215,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         dtype=args.tts_dtype,
         channels_last=args.tts_channels_last,
         packed_lstm=args.tts_packed_lstm,
+        vocoder_bucket_frames=args.tts_vocoder_bucket_frames,
     )
     stage = EspnetSynthesizer(options)
     stage.ensure_ready()
@@ -214,18 +223,23 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     stage.run(texts[:1])  # warm-up: first-call allocations and lazy imports stay out of the figures
     per_batch: dict[str, Any] = {}
     with objects_frozen():  # as every runtime's loop runs (clearml_pipeline.memory)
-        for size in args.batch_sizes:
+        for index, size in enumerate(args.batch_sizes):
             stage.options = replace(stage.options, batch_size=size)
             # Untimed passes over the same texts first: the first call at each new shape builds its oneDNN
             # primitives, so without them whichever batch size ran first paid for shapes the next one reused
             # (measured: FastSpeech2, never batched, ran 1.3-1.6x faster at the second batch size than the first).
             for _ in range(args.warmup_passes):
                 measure(stage, texts, args.items_per_call)
+            if args.fresh_lengths:  # the timed pass decodes lengths that no pass before it has
+                decode_ratio(stage, fresh_ratio(args.frames_per_phone, index))
             per_batch[str(size)] = measure(stage, texts, args.items_per_call)
+            decode_ratio(stage, options.maxlenratio)
             print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
     diffs = equivalence(stage, list(CHINESE[: args.check_items]))
     parts = components(stage, texts[: args.items_per_call])
-    rates = [per_batch[str(size)]["items_per_s"] for size in args.batch_sizes]
+    # rtf, not items/s: with --fresh-lengths each batch size decodes slightly different lengths (the same
+    # ratio as items/s where the audio is the same).
+    rtfs = [per_batch[str(size)]["rtf"] for size in args.batch_sizes]
     first_rtf, vocoder_rtf = per_batch[str(args.batch_sizes[0])]["rtf"], parts.get("vocoder_rtf")
     # Only a batched acoustic model has a ceiling to report, and only while batching leaves the vocoder's cost as it is.
     piecewise = batchable(stage.tts.tts) and not stage.batch_vocoder()
@@ -242,9 +256,11 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "requests": args.requests,
         "items_per_call": args.items_per_call,
         "warmup_passes": args.warmup_passes,
+        "fresh_lengths": args.fresh_lengths,
+        "vocoder_bucket_frames": stage.options.vocoder_bucket_frames,
         "frames_per_phone": args.frames_per_phone if args.models != "hub" else None,
         "batch_sizes": per_batch,
-        "speedup": rates[-1] / rates[0] if rates[0] else None,
+        "speedup": rtfs[0] / rtfs[-1] if rtfs[0] and rtfs[-1] else None,
         "speedup_ceiling": first_rtf / vocoder_rtf if piecewise and first_rtf and vocoder_rtf else None,
         "acoustic_rtf": parts["acoustic_rtf"],
         "vocoder_rtf": vocoder_rtf,
@@ -255,6 +271,23 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "hardware": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
         "versions": {name: metadata.version(name) for name in ("torch", "espnet", "parallel_wavegan")},
     }
+
+
+FRESH_STEP = 0.25  # frames per phone added to each timed pass under --fresh-lengths (the k-th: (k + 1) x this)
+
+
+def fresh_ratio(frames_per_phone: float, index: int) -> float:
+    """The decode ratio of the `index`-th batch size's timed pass under --fresh-lengths: int(len x ratio) then
+    differs from the warm-up's and every other timed pass's length for any piece of 4 tokens or more."""
+    return frames_per_phone + FRESH_STEP * (index + 1)
+
+
+def decode_ratio(stage: Any, maxlenratio: float) -> None:
+    """Set the decode length ratio of both paths: the batched one reads the options, ESPnet's own Text2Speech
+    (batch size 1) the decode_conf it was built with."""
+    stage.options = replace(stage.options, maxlenratio=maxlenratio)
+    if "maxlenratio" in stage.tts.decode_conf:  # only autoregressive models have one
+        stage.tts.decode_conf["maxlenratio"] = maxlenratio
 
 
 def _cpu() -> str:
@@ -279,6 +312,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items-per-call", type=int, default=8, help="items per stage call (the runner's batch)")
     parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes before each batch size is timed")
     parser.add_argument("--frames-per-phone", type=float, default=FRAMES_PER_PHONE, help="fixture decode length")
+    parser.add_argument(
+        "--fresh-lengths",
+        action="store_true",
+        help="fixtures: time each batch size on decode lengths no earlier pass used (frames per phone + 0.25 x k), "
+        "as a serving process meets new utterances; the warm-up still runs the texts at --frames-per-phone",
+    )
+    parser.add_argument(
+        "--tts-vocoder-bucket-frames", type=int, default=None, help="vocoder input padded to a multiple; 1: exact"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 leaves torch's default")
     parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")
     parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")

@@ -10,7 +10,8 @@ text is synthesized sentence by sentence with a short pause between pieces. `dty
 and the vocoder under torch.autocast: on a CPU with AVX-512 BF16 / AMX, Tacotron2 at batch 8 + HiFiGAN then ran
 at 1.8-2.2x float32's throughput (benchmarks/README.md), at bfloat16's precision (about 3 significant digits).
 On a CPU the vocoder's convolutions run on channels-last views (steps.channels_last: no layout copy per layer),
-and the batched decoder's LSTM cells on weights packed once for oneDNN (steps.packed_lstm).
+and the batched decoder's LSTM cells on weights packed once for oneDNN (steps.packed_lstm); the batched path vocodes
+in length buckets, so a serving process builds oneDNN primitives for a few lengths, not one per utterance.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from steps.channels_last import channels_last_convolutions
 from steps.device import pick_dtype
 from steps.options import TRUE_WORDS, option
 from steps.packed_lstm import packable, packed_cells
-from steps.tacotron_batch import Cell, batchable, bucket, tacotron2_inference, vocode
+from steps.tacotron_batch import Cell, batchable, bucket, bucketed_vocode, tacotron2_inference, vocode
 from steps.zh_text import PUNCTUATION, normalize_numbers, split_sentences
 
 
@@ -74,6 +75,11 @@ class SpeechSynthesisOptions:
     # steps.channels_last: on a CPU the vocoder's convolutions copied their input into oneDNN's layout and back at
     # every layer; on channels-last views HiFiGAN ran 1.3x (float32) to 2.4x (bfloat16) faster, same samples.
     channels_last: str = option("auto", "vocoder convolutions on channels-last views: auto (on CPU), true, false")
+    # steps.tacotron_batch.bucketed_vocode: oneDNN builds convolution primitives per input length and caches
+    # about a dozen lengths of a HiFiGAN, so exact lengths made nearly every utterance pay for new ones.
+    vocoder_bucket_frames: int = option(
+        32, "batched path: HiFiGAN input padded (masked, same samples) to a multiple of this many frames; 1: exact"
+    )
     # steps.packed_lstm: the batched decoder's LSTM products on weights packed once for oneDNN. Full-size CSMSC
     # Tacotron2, 8 pieces, 2 threads: decoding took 0.92 -> 0.80 s in bfloat16 (same mels bit for bit) and
     # 1.23 -> 0.99 s in float32 (within 2e-6). ESPnet's own path (batch_size 1) is left as ESPnet runs it.
@@ -238,9 +244,9 @@ class EspnetSynthesizer(Stage[str, Speech]):
             )
             feats = [denormalized(model, d.feat_gen) for d in decoded]
             if self.batch_vocoder():
-                batch_waves = vocode(self.tts.vocoder, feats)
+                batch_waves = vocode(self.tts.vocoder, feats, multiple=opts.vocoder_bucket_frames)
             else:
-                batch_waves = [self.tts.vocoder(f).view(-1) for f in feats]
+                batch_waves = bucketed_vocode(self.tts.vocoder, feats, opts.vocoder_bucket_frames)
             for i, wave in zip(group, batch_waves, strict=True):
                 waves[i] = wave.float().cpu().numpy().reshape(-1)
         return waves

@@ -28,7 +28,8 @@ for equivalence checks.
 
 HiFiGAN is fully convolutional with length-preserving padding and exact integer upsampling, so a padded batch
 gives each item the same samples as a lone call once every convolution's input is masked beyond the item's
-end (forward pre-hooks, at each layer's own time resolution); each wave is then cut at frames x hop.
+end (forward pre-hooks, at each layer's own time resolution); each wave is then cut at frames x hop. The same
+masks let a lone piece be padded to a length bucket (`bucketed_vocode`) with its own samples.
 """
 
 from __future__ import annotations
@@ -217,13 +218,21 @@ def batched_hifigan(vocoder: torch.nn.Module) -> torch.nn.Module | None:
 @contextmanager
 def masked_convolutions(generator: torch.nn.Module, frames: torch.Tensor, width: int) -> Iterator[None]:
     """Zero every convolution's input beyond each item's end, at the layer's own time resolution (a whole
-    multiple of `width` frames: HiFiGAN's upsampling is exact), so each item sees a lone call's zero padding."""
+    multiple of `width` frames: HiFiGAN's upsampling is exact), so each item sees a lone call's zero padding.
 
-    def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    The padding is zeroed in place, on a narrow view per item: only positions beyond an item's end change,
+    which no output sample of the item reads except through a convolution, whose input is zeroed there again.
+    (Multiplying by a mask made a new tensor per layer: full-size HiFiGAN, 8 lone pieces padded to 32-frame
+    buckets, bfloat16, 2 threads: 0.92 s with masks against 0.73 s unmasked.)"""
+    ends = [int(n) for n in frames]
+
+    def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]
         scale, rest = divmod(x.size(-1), width)
         assert rest == 0, f"a layer's length {x.size(-1)} is not a multiple of {width} frames"
-        return (x * valid_mask(frames * scale, x.size(-1))[:, None, :].to(x.dtype), *args[1:])
+        for i, end in enumerate(ends):
+            if end * scale < x.size(-1):
+                x[i, :, end * scale :].zero_()
 
     convs = [m for m in generator.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
     handles = [m.register_forward_pre_hook(hook) for m in convs]
@@ -234,16 +243,21 @@ def masked_convolutions(generator: torch.nn.Module, frames: torch.Tensor, width:
             handle.remove()
 
 
-def vocode(vocoder: torch.nn.Module, feats: Sequence[torch.Tensor], masked: bool = True) -> list[torch.Tensor]:
+def vocode(
+    vocoder: torch.nn.Module, feats: Sequence[torch.Tensor], masked: bool = True, multiple: int = 1
+) -> list[torch.Tensor]:
     """Waves for (L_i, mels) features: one generator call for a HiFiGAN, else one vocoder call per item.
 
-    `masked=False` runs the padded batch plainly: then the last samples of a shorter item, within the
-    generator's receptive field of its end, see the padding (kept for the tests that show why masks matter)."""
+    The batch is padded to its longest item rounded up to `multiple` frames (a lone item too, when `multiple`
+    > 1): a CPU process then meets a few input lengths, not one per utterance, and oneDNN builds convolution
+    primitives per length (see bucketed_vocode). `masked=False` runs the padded batch plainly: then the last
+    samples of a shorter item, within the generator's receptive field of its end, see the padding (kept for
+    the tests that show why masks matter)."""
     generator = batched_hifigan(vocoder)
-    if generator is None or len(feats) == 1:
+    if generator is None or (len(feats) == 1 and multiple <= 1):
         return [vocoder(f).view(-1) for f in feats]
     frames = torch.tensor([len(f) for f in feats], device=feats[0].device)
-    width = int(frames.max())
+    width = -(-int(frames.max()) // max(multiple, 1)) * max(multiple, 1)
     batch = feats[0].new_zeros(len(feats), width, feats[0].size(1))
     for i, f in enumerate(feats):
         batch[i, : len(f)] = (f - generator.mean) / generator.scale if vocoder.normalize_before else f
@@ -251,6 +265,15 @@ def vocode(vocoder: torch.nn.Module, feats: Sequence[torch.Tensor], masked: bool
         waves = generator(batch.transpose(1, 2))  # (B, 1, width * hop)
     hop = waves.size(-1) // width
     return [waves[i, 0, : int(frames[i]) * hop] for i in range(len(feats))]
+
+
+def bucketed_vocode(vocoder: torch.nn.Module, feats: Sequence[torch.Tensor], multiple: int) -> list[torch.Tensor]:
+    """One vocoder call per item, each padded to a whole number of `multiple` frames (masked: the samples of a
+    lone call). oneDNN builds its convolution primitives per input length, and its cache (1,024 by default; a
+    HiFiGAN has 78 convolutions) keeps about a dozen lengths: measured on the full-size HiFiGAN, bfloat16, a length
+    the process had not seen took 2.5-4.5x as long as one it had, and 30 unseen lengths took 18.4 s exact
+    against 12.3 s padded to 32-frame buckets. `multiple` 1 calls the vocoder on the exact lengths."""
+    return [vocode(vocoder, [f], multiple=multiple)[0] for f in feats]
 
 
 def receptive_field(generator: torch.nn.Module, frames: int = 8) -> int:

@@ -24,6 +24,7 @@ from steps.tacotron_batch import (
     batchable,
     batched_hifigan,
     bucket,
+    bucketed_vocode,
     prenet_dropout,
     receptive_field,
     tacotron2_inference,
@@ -148,6 +149,57 @@ def test_batched_vocoding_cuts_each_wave_equal_to_a_lone_call(stage: EspnetSynth
         assert bool(tail.any()) == (len(f) < longest)
 
 
+@contextmanager
+def vocoder_input_widths(vocoder: torch.nn.Module) -> Iterator[list[int]]:
+    """The frame counts the HiFiGAN's first convolution is called on (ESPnet's wrapper calls the generator's
+    forward directly, so a hook on the generator itself would not fire)."""
+    generator = batched_hifigan(vocoder)
+    assert generator is not None
+    first = next(m for m in generator.modules() if isinstance(m, torch.nn.Conv1d))
+    widths: list[int] = []
+    handle = first.register_forward_pre_hook(lambda _m, args: widths.append(args[0].size(-1)))
+    try:
+        yield widths
+    finally:
+        handle.remove()
+
+
+def test_bucketed_vocoding_pads_each_piece_to_whole_buckets_with_a_lone_calls_samples(
+    stage: EspnetSynthesizer,
+) -> None:
+    t2s = stage.tts
+    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
+        feats = [t2s(text)["feat_gen_denorm"] for text in TEXTS]
+        with vocoder_input_widths(t2s.vocoder) as exact:
+            single = [t2s.vocoder(f).view(-1) for f in feats]
+        with vocoder_input_widths(t2s.vocoder) as padded:
+            bucketed = bucketed_vocode(t2s.vocoder, feats, 32)
+    assert exact == [len(f) for f in feats] and any(len(f) % 32 for f in feats)
+    assert padded == [-(-len(f) // 32) * 32 for f in feats]
+    for one, ours in zip(single, bucketed, strict=True):
+        assert len(ours) == len(one)
+        assert float((ours - one).abs().max()) <= 1e-5
+
+
+def test_the_stage_vocodes_piece_by_piece_in_buckets_as_on_exact_lengths(stage: EspnetSynthesizer) -> None:
+    """The CPU default (one vocoder call per piece) with `vocoder_bucket_frames` 32 and 1 (exact lengths)."""
+    saved = stage.options
+    outputs: dict[int, list[Speech | ItemError]] = {}
+    try:
+        with prenet_dropout(stage.tts.tts, 0.0):
+            for frames in (32, 1):
+                stage.options = replace(saved, batch_vocoder="false", vocoder_bucket_frames=frames)
+                with vocoder_input_widths(stage.tts.vocoder) as widths:
+                    outputs[frames] = stage.process(TEXTS)
+                assert len(widths) == len(TEXTS) and all(w % 32 == 0 for w in widths) == (frames == 32)
+    finally:
+        stage.options = saved
+    for ours, theirs in zip(outputs[32], outputs[1], strict=True):
+        assert isinstance(ours, Speech) and isinstance(theirs, Speech)
+        assert ours.samples.shape == theirs.samples.shape
+        assert float(np.abs(ours.samples - theirs.samples).max()) <= 1e-5
+
+
 def test_bucket_groups_by_length_and_keeps_every_index() -> None:
     groups = bucket([3, 9, 1, 7, 5], 2)
     assert groups == [[1, 3], [4, 0], [2]]
@@ -247,6 +299,32 @@ def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Pa
     assert report["warmup_passes"] == 1  # the default: each batch size measured on shapes already seen
     assert report["channels_last_layers"] > 0  # the CPU default: HiFiGAN's convolutions on channels-last views
     assert report["packed_lstm"] is True  # the CPU default: max_abs_diff above is measured on the packed cells
+
+
+def test_bench_tts_times_fresh_lengths_on_request(fixture_caches: FixtureCaches, tmp_path: Path) -> None:
+    """--fresh-lengths: each batch size's timed pass decodes lengths no pass before it did (ESPnet's own path at
+    batch 1 included), so the audio grows from batch size to batch size, and speedup compares rtfs."""
+    import argparse
+
+    from clearml_pipeline.bench_tts import add_arguments, main, run_bench_tts
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = ["--batch-sizes", "1,3", "--requests", "3", "--items-per-call", "3", "--check-items", "1"]
+    args = parser.parse_args(
+        ["--models", "fixtures", *common, "--frames-per-phone", "4", "--fresh-lengths", "--output", str(tmp_path)]
+    )
+    assert main(args) == 0
+    report = json.loads((tmp_path / "bench_tts.json").read_text(encoding="utf-8"))
+    one, three = report["batch_sizes"]["1"], report["batch_sizes"]["3"]
+    assert report["fresh_lengths"] is True and report["vocoder_bucket_frames"] == 32
+    plain = parser.parse_args(["--models", "fixtures", *common, "--frames-per-phone", "4", "--output", str(tmp_path)])
+    seen = run_bench_tts(plain)["batch_sizes"]["1"]["audio_seconds"]  # 4 frames per phone, as in the warm-up
+    assert 0 < seen < one["audio_seconds"] < three["audio_seconds"]  # then 4.25 and 4.5 frames per phone
+    assert report["speedup"] == pytest.approx(one["rtf"] / three["rtf"])
+    hub = parser.parse_args(["--models", "hub", *common, "--fresh-lengths", "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="--fresh-lengths sets the fixtures' decode lengths"):
+        run_bench_tts(hub)
 
 
 def test_bfloat16_autocast_speaks_what_float32_does_at_its_precision(stage: EspnetSynthesizer) -> None:
