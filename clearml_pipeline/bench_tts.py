@@ -251,7 +251,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "device": stage.options.device,
         "dtype": stage.options.dtype,
         "channels_last_layers": stage.channels_last_layers,
-        "packed_lstm": batchable(stage.tts.tts) and stage.pack_lstm(),
+        "packed_lstm": batchable(stage.tts.tts) and stage.decoder_cells() is not None,
         "threads": torch.get_num_threads(),
         "requests": args.requests,
         "items_per_call": args.items_per_call,

@@ -10,7 +10,7 @@ import torch
 
 from registry.fixtures import FixtureCaches
 from steps.packed_lstm import PackedLSTMCell, PackedZoneOutCell, packable, packed_cells
-from steps.speech_synthesis import EspnetSynthesizer, Speech
+from steps.speech_synthesis import PACK_MIN_UNITS, EspnetSynthesizer, Speech
 from steps.tacotron_batch import prenet_dropout, tacotron2_inference
 from tests.configs import fixture_config, tts_stage
 
@@ -87,9 +87,12 @@ def test_under_bfloat16_packed_cells_give_espnets_own_mels_bit_for_bit(stage: Es
 def test_the_stage_packs_per_dtype_on_a_cpu_and_speaks_as_without(stage: EspnetSynthesizer) -> None:
     saved = stage.options
     try:
-        assert stage.pack_lstm()  # auto: a CPU with oneDNN, float32
+        # auto: in float32 only from PACK_MIN_UNITS units (the tiny fixture has 32); in bfloat16 at every size
+        assert stage.tts.tts.dec.lstm[0].hidden_size < PACK_MIN_UNITS and stage.decoder_cells() is None
+        stage.options = replace(saved, dtype="bfloat16")
+        assert stage.pack_lstm()
         for dtype in ("float32", "bfloat16"):
-            stage.options = replace(saved, dtype=dtype)
+            stage.options = replace(saved, dtype=dtype, packed_lstm="true")
             cells = stage.decoder_cells()
             assert cells is not None and cells is stage.decoder_cells()  # packed once per dtype
             assert all(c.cell.dtype == getattr(torch, dtype) for c in cells)  # type: ignore[union-attr]
