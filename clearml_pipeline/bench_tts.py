@@ -216,6 +216,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         channels_last=args.tts_channels_last,
         packed_lstm=args.tts_packed_lstm,
         vocoder_bucket_frames=args.tts_vocoder_bucket_frames,
+        device=args.tts_device,
     )
     stage = EspnetSynthesizer(options)
     stage.ensure_ready()
@@ -325,6 +326,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")
     parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")
     parser.add_argument("--tts-vocoder", default=None, help="another vocoder (default: the stage's)")
+    parser.add_argument("--tts-device", default=None, help="cpu, cuda or auto (default: the stage's, cpu)")
     parser.add_argument("--tts-dtype", default=None, help="float32, bfloat16 or float16 (default: the stage's)")
     parser.add_argument(
         "--tts-channels-last", default=None, help="vocoder convolutions on channels-last views: auto, true, false"

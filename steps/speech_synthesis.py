@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from resources.weights import GRIFFIN_LIM, LocalModel, resolve_hf_model, resolve
 from resources.weights import espnet_hub_id as hub_id
 from steps.base import ItemError, ModelInfo, Stage
 from steps.channels_last import channels_last_convolutions
-from steps.device import pick_dtype
+from steps.device import pick_device, pick_dtype
 from steps.options import TRUE_WORDS, option
 from steps.packed_lstm import packable, packed_cells
 from steps.tacotron_batch import Cell, batchable, bucket, bucketed_vocode, tacotron2_inference, vocode
@@ -122,8 +122,10 @@ class EspnetSynthesizer(Stage[str, Speech]):
         from espnet2.bin.tts_inference import Text2Speech
         from espnet_model_zoo.downloader import ModelDownloader
 
+        # "auto" resolved, and a GPU asked for where there is none stops here, before any model is read
+        self.options = replace(self.options, device=pick_device(self.options.device))
         opts = self.options
-        pick_dtype(opts.dtype, opts.device)  # a bad value stops here, before any model is read
+        pick_dtype(opts.dtype, opts.device)  # a bad value stops here too
         if _choice(opts.packed_lstm, auto=False):
             self.pack_lstm()  # and so does packing asked for where it cannot run
         self.local = resolve_hf_model(

@@ -164,7 +164,8 @@ def decode(
         prev_out = out[:, :, -1] if dec.output_activation_fn is None else dec.output_activation_fn(out[:, :, -1])
         prev_att_w = prev_att_w + att_w if dec.cumulate_att_w and prev_att_w is not None else att_w
 
-        stop = ((prob >= threshold).any(dim=1) | (idx >= maxlens[active])) & (idx >= minlens[active])
+        # on the CPU, beside `active` and `lengths` (on a GPU a mask there could not index them)
+        stop = (((prob >= threshold).any(dim=1) | (idx >= maxlens[active])) & (idx >= minlens[active])).cpu()
         if bool(stop.any()):
             lengths[active[stop]] = idx
             keep = ~stop

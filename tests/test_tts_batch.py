@@ -356,3 +356,13 @@ def test_an_unknown_tts_dtype_stops_before_any_model_is_read(config: RunConfig) 
     stage = EspnetSynthesizer(replace(config.speech_synthesis, dtype="int8"))
     with pytest.raises(ValueError, match="dtype must be one of auto, float16, bfloat16, float32; got 'int8'"):
         stage.setup()
+
+
+def test_a_gpu_asked_for_where_there_is_none_stops_before_any_model_is_read(
+    config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    stage = EspnetSynthesizer(replace(config.speech_synthesis, device="cuda"))
+    with pytest.raises(RuntimeError, match="device 'cuda' was asked for but no CUDA GPU is available"):
+        stage.setup()
+    assert stage.local is None
