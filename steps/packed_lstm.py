@@ -1,4 +1,4 @@
-"""Tacotron2's decoder LSTM cells with their weights packed once for oneDNN: the same step, half the time.
+"""Tacotron2's decoder LSTM cells with their weights packed once for oneDNN: the same step, in less time.
 
 The batched decoder (steps.tacotron_batch) spends most of each step in its two 1024-unit LSTMCells: four
 matrix products of a few rows (the items still speaking) by 4096 x 768..1024 weights. For so few rows,
@@ -13,7 +13,8 @@ LSTMCell: gates = linear_hh(h) + linear_ih(x); sigmoid / tanh of the four chunks
 h' = o * tanh(c')), in the same order and dtypes, with only the two products on packed weights. Under
 torch.autocast the inputs are cast to the autocast dtype as `F.linear` would cast them, so the gates, states
 and outputs keep ESPnet's dtypes. The module's parameters are read once, at packing: a cell is packed after its
-weights are loaded and used while they stay as they are (the stage packs at setup).
+weights are loaded and used while they stay as they are (the stage packs on first use, per compute dtype).
+One decoder step of the full-size CSMSC Tacotron2 at 8 rows, bfloat16: the two cells 1.9 -> 1.25 ms.
 """
 
 from __future__ import annotations
