@@ -180,7 +180,8 @@ def decode(
 
     assert outs is not None and probs is not None
     width = int(lengths.max())
-    after = postnet(dec, outs[:, :, :width], lengths).transpose(1, 2)  # (B, L, odim)
+    # lengths live on the CPU beside `active`; the postnet's masks are made on the outputs' device
+    after = postnet(dec, outs[:, :, :width], lengths.to(outs.device)).transpose(1, 2)  # (B, L, odim)
     if dec.output_activation_fn is not None:
         after = dec.output_activation_fn(after)
     return [Decoded(after[i, : lengths[i]], probs[i, : lengths[i]]) for i in range(batch)]
