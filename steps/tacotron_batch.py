@@ -218,21 +218,20 @@ def batched_hifigan(vocoder: torch.nn.Module) -> torch.nn.Module | None:
 
 
 @contextmanager
-def masked_convolutions(generator: torch.nn.Module, frames: torch.Tensor, width: int) -> Iterator[None]:
+def masked_convolutions(generator: torch.nn.Module, frames: Sequence[int], width: int) -> Iterator[None]:
     """Zero every convolution's input beyond each item's end, at the layer's own time resolution (a whole
     multiple of `width` frames: HiFiGAN's upsampling is exact), so each item sees a lone call's zero padding.
 
     The padding is zeroed in place, on a narrow view per item: only positions beyond an item's end change,
     which no output sample of the item reads except through a convolution, whose input is zeroed there again.
     (Multiplying by a mask made a new tensor per layer: full-size HiFiGAN, 8 lone pieces padded to 32-frame
-    buckets, bfloat16, 2 threads: 0.92 s with masks against 0.73 s unmasked.)"""
-    ends = [int(n) for n in frames]
+    buckets, bfloat16, 2 threads: 0.92 s multiplying, 0.75 s zeroing in place, 0.71 s with no masks at all.)"""
 
     def hook(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]
         scale, rest = divmod(x.size(-1), width)
         assert rest == 0, f"a layer's length {x.size(-1)} is not a multiple of {width} frames"
-        for i, end in enumerate(ends):
+        for i, end in enumerate(frames):
             if end * scale < x.size(-1):
                 x[i, :, end * scale :].zero_()
 
@@ -258,15 +257,15 @@ def vocode(
     generator = batched_hifigan(vocoder)
     if generator is None or (len(feats) == 1 and multiple <= 1):
         return [vocoder(f).view(-1) for f in feats]
-    frames = torch.tensor([len(f) for f in feats], device=feats[0].device)
-    width = -(-int(frames.max()) // max(multiple, 1)) * max(multiple, 1)
+    frames = [len(f) for f in feats]
+    width = -(-max(frames) // max(multiple, 1)) * max(multiple, 1)
     batch = feats[0].new_zeros(len(feats), width, feats[0].size(1))
     for i, f in enumerate(feats):
         batch[i, : len(f)] = (f - generator.mean) / generator.scale if vocoder.normalize_before else f
     with masked_convolutions(generator, frames, width) if masked else _nothing():
         waves = generator(batch.transpose(1, 2))  # (B, 1, width * hop)
     hop = waves.size(-1) // width
-    return [waves[i, 0, : int(frames[i]) * hop] for i in range(len(feats))]
+    return [waves[i, 0, : frames[i] * hop] for i in range(len(feats))]
 
 
 def bucketed_vocode(vocoder: torch.nn.Module, feats: Sequence[torch.Tensor], multiple: int) -> list[torch.Tensor]:
