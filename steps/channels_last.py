@@ -24,13 +24,33 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 
+def compute_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The layer's weight as its convolution computes with it: under autocast, cast once to the autocast dtype
+    and kept while the weight stays as it is. Autocast casts a leaf weight once per autocast region, but the 4-D
+    view these layers pass is not a leaf, so it was cast anew at every call: full-size HiFiGAN, bfloat16, five
+    pieces of 128-288 frames, 2 threads, 504-516 ms, 483-491 ms with the cast kept, the same samples bit for bit.
+    The cast copy costs the weights' size in that dtype (28 MB for the full-size HiFiGAN in bfloat16)."""
+    weight: torch.Tensor = layer.weight  # type: ignore[assignment]
+    device = weight.device.type
+    if weight.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return weight
+    dtype = torch.get_autocast_dtype(device)
+    key = (dtype, weight.data_ptr(), None if weight.is_inference() else weight._version)
+    cached: tuple[object, torch.Tensor] | None = getattr(layer, "_cast_weight", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, weight.detach().to(dtype))  # the strides (channels-last) are kept
+        layer._cast_weight = cached
+    return cached[1]
+
+
 class ChannelsLastConv1d(torch.nn.Conv1d):
     """Conv1d computed as a 1 x K conv2d on a channels-last view."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
             input.unsqueeze(2),
-            self.weight.unsqueeze(2),
+            compute_weight(self).unsqueeze(2),
             self.bias,
             (1, self.stride[0]),
             (0, self.padding[0]),  # type: ignore[index]
@@ -47,7 +67,7 @@ class ChannelsLastConvTranspose1d(torch.nn.ConvTranspose1d):
             return super().forward(input, output_size)
         return F.conv_transpose2d(
             input.unsqueeze(2),
-            self.weight.unsqueeze(2),
+            compute_weight(self).unsqueeze(2),
             self.bias,
             (1, self.stride[0]),
             (0, self.padding[0]),  # type: ignore[index]

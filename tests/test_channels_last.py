@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from registry.fixtures import MB_MELGAN_TAG, FixtureCaches
-from steps.channels_last import ChannelsLastConv1d, ChannelsLastConvTranspose1d, channels_last_convolutions
+from steps.channels_last import (
+    ChannelsLastConv1d,
+    ChannelsLastConvTranspose1d,
+    channels_last_convolutions,
+    compute_weight,
+)
 from steps.speech_synthesis import EspnetSynthesizer, Speech
 from steps.tacotron_batch import prenet_dropout
 from tests.configs import tts_stage
@@ -84,6 +89,28 @@ def test_channels_last_full_size_hifigan_makes_the_same_samples() -> None:
     assert float((got_bf16.float() - expected_bf16.float()).abs().max()) <= 2 * float(
         (expected_bf16.float() - expected).abs().max()
     )
+
+
+def test_under_autocast_a_layer_casts_its_weight_once_and_again_after_it_changes() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Conv1d(8, 16, 5, padding=2)
+    channels_last_convolutions(layer)
+    x = torch.randn(2, 8, 30)
+
+    def autocasts_own() -> torch.Tensor:  # the forward before the cast was kept: autocast casts the 4-D view
+        return torch.nn.functional.conv2d(x.unsqueeze(2), layer.weight.unsqueeze(2), layer.bias, 1, (0, 2)).squeeze(2)
+
+    assert compute_weight(layer) is layer.weight  # float32: the weight itself
+    for _ in range(2):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = compute_weight(layer)
+            assert cast.dtype == torch.bfloat16 and compute_weight(layer) is cast  # cast once
+            assert torch.equal(cast, layer.weight.to(torch.bfloat16)) and cast.stride() == layer.weight.stride()
+            ours, theirs = layer(x), autocasts_own()
+        assert ours.dtype == theirs.dtype == torch.bfloat16 and torch.equal(ours, theirs)
+        with torch.no_grad():
+            layer.weight.mul_(-2.0)  # a changed weight is cast again
+        assert compute_weight(layer) is layer.weight
 
 
 @pytest.mark.parametrize("vocoder", ["parallel_wavegan/csmsc_hifigan.v1", f"parallel_wavegan/{MB_MELGAN_TAG}"])
