@@ -262,8 +262,9 @@ class EspnetSynthesizer(Stage[str, Speech]):
         opts = self.options
         dtype = pick_dtype(opts.dtype, opts.device)
         can = packable(opts.device, dtype)
-        if opts.packed_lstm.strip().lower() != "auto":
-            wanted = _choice(opts.packed_lstm, auto=False)
+        choice = opts.packed_lstm.strip().lower()
+        if choice != "auto":  # auto reads the loaded decoder; an explicit value is checked before any model is read
+            wanted = choice in TRUE_WORDS
             if wanted and not can:
                 raise ValueError(
                     f"packed_lstm needs a CPU with oneDNN and float32 or bfloat16; got device {opts.device!r}, "
