@@ -22,7 +22,8 @@ from steps.device import pick_device, pick_dtype
 from steps.whisper_decoding import Decoded
 from steps.whisper_stage import SpeechTranslationOptions, WhisperStage
 
-RESCORE_ROWS = 8  # rows per teacher-forced pass: its logits are rows x length x 51865 floats
+RESCORE_ROWS = 8  # rows per teacher-forced pass
+LOGITS_BYTES = 8 << 20  # the rescoring pass makes its logits this many bytes at a time (see rescore)
 
 
 def load_feature_extractor(folder: Any, n_mels: int) -> Any:
@@ -131,19 +132,40 @@ class WhisperTranslator(WhisperStage):
         return [max(rows[i : i + copies], key=lambda d: d.avg_logprob) for i in range(0, len(rows), copies)]
 
     def rescore(self, hidden: torch.Tensor, sequences: torch.Tensor) -> list[Decoded]:
-        """No-speech probability and OpenAI's average log-probability of each generated row."""
+        """No-speech probability and OpenAI's average log-probability of each generated row.
+
+        One teacher-forced decoder pass gives the hidden states; the logits are made from them a few positions at
+        a time (`LOGITS_BYTES`), each position's log-probability as logit - logsumexp. Whole, they were rows x
+        length x 51865 floats: 53 MB at 8 rows of 32 tokens, three such tensors per pass, each above glibc's
+        largest mmap threshold (32 MB), so every batch mapped, page-faulted and zeroed them afresh (40,000 page
+        faults per batch of 8; in the streaming bench, with other stages beside it, 1.5-1.9 CPU-s per batch
+        against 1.0 alone). Real Whisper decodes run to 448 tokens: 93 MB of logits per row."""
         eot = self.generation_config.eos_token_id
         prefix = torch.tensor(self.decoder_prefix(), device=hidden.device).expand(len(sequences), -1)
         inputs = torch.cat([prefix, sequences[:, :-1].to(hidden.device)], dim=1)
-        logits = self.model(encoder_outputs=(hidden,), decoder_input_ids=inputs).logits.float().cpu()
-        no_speech = logits[:, 0].softmax(-1)[:, self.generation_config.no_timestamps_token_id - 1]
-        steps = logits[:, prefix.shape[1] - 1 :]  # step k predicts sequences[:, k]
-        steps[:, 1:, self.suppress] = float("-inf")
-        steps[:, 0, self.suppress_first] = float("-inf")
-        logprobs = steps.log_softmax(-1).gather(-1, sequences.cpu().unsqueeze(-1)).squeeze(-1)
+        states = self.model.get_decoder()(
+            input_ids=inputs, encoder_hidden_states=hidden, use_cache=False
+        ).last_hidden_state
+        no_speech = self.logits(states[:, :1])[:, 0].softmax(-1)[:, self.generation_config.no_timestamps_token_id - 1]
+        targets = sequences.cpu()
+        first = prefix.shape[1] - 1  # step k (position first + k) predicts sequences[:, k]
+        span = max(1, LOGITS_BYTES // (4 * self.model.config.vocab_size * len(sequences)))
+        logprobs = torch.empty(targets.shape, dtype=torch.float32)
+        for start in range(0, targets.size(1), span):
+            steps = self.logits(states[:, first + start : first + start + span])
+            steps[:, :, self.suppress] = float("-inf")
+            if start == 0:
+                steps[:, 0, self.suppress_first] = float("-inf")
+            chosen = targets[:, start : start + steps.size(1)]
+            picked = steps.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            logprobs[:, start : start + steps.size(1)] = picked - steps.logsumexp(-1)
         found = []
         for row, ids in enumerate(sequences.tolist()):
             text = ids[: ids.index(eot)] if eot in ids else ids
             scored = len(text) + (1 if eot in ids else 0)  # the end token's log-probability counts (OpenAI)
             found.append(Decoded(text, float(logprobs[row, :scored].sum()) / (len(text) + 1), float(no_speech[row])))
         return found
+
+    def logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The output projection of decoder states (rows, positions, d): float32 logits on the CPU."""
+        return self.model.proj_out(states).float().cpu()

@@ -248,3 +248,43 @@ def test_features_one_chunk_at_a_time_are_the_batched_extractors(hf: WhisperTran
     ours = hf.features(chunks)
     assert ours.shape == batched.shape == (3, 80, 3000)
     assert np.array_equal(ours, batched) and not np.array_equal(ours[0], ours[1])
+
+
+def test_rescoring_a_few_logits_at_a_time_gives_the_whole_pass_figures(
+    hf: WhisperTranslator, clip: Audio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rescore() makes its logits a few positions at a time (whole, they were mapped and faulted in on every
+    batch): the no-speech probability and average log-probabilities equal those of one whole teacher-forced
+    pass with log_softmax over every position, at any chunk size, the end token and suppressed tokens counted as
+    OpenAI counts them."""
+    import torch
+
+    from steps import whisper_transformers
+
+    features = hf.features([clip, Audio(clip.samples[: len(clip.samples) // 2], clip.sample_rate)])
+    hidden = hf.encode(features)
+    eot = hf.generation_config.eos_token_id
+    token = next(t for t in range(eot) if not hf.suppress_first[t])
+    # one row ends early (padded with the end token, as generate pads), one runs to the length limit
+    sequences = torch.tensor([[token, eot] + [eot] * 7, [token] * 9])
+
+    prefix = torch.tensor(hf.decoder_prefix()).expand(2, -1)
+    with torch.inference_mode():
+        logits = hf.model(encoder_outputs=(hidden,), decoder_input_ids=torch.cat([prefix, sequences[:, :-1]], 1)).logits
+    no_speech = logits[:, 0].softmax(-1)[:, hf.generation_config.no_timestamps_token_id - 1]
+    steps = logits[:, len(PREFIX) - 1 :].clone()
+    steps[:, 1:, hf.suppress] = float("-inf")
+    steps[:, 0, hf.suppress_first] = float("-inf")
+    logprobs = steps.log_softmax(-1).gather(-1, sequences.unsqueeze(-1)).squeeze(-1)
+    ids = sequences.tolist()
+    ends = [row.index(eot) if eot in row else len(row) for row in ids]
+    expected = [float(logprobs[r, : ends[r] + (eot in ids[r])].sum()) / (ends[r] + 1) for r in range(2)]
+    assert ends[0] < len(ids[0]) and eot not in ids[1]
+
+    for budget in (whisper_transformers.LOGITS_BYTES, 4 * hf.model.config.vocab_size * 2 * 3, 1):
+        monkeypatch.setattr(whisper_transformers, "LOGITS_BYTES", budget)
+        with torch.inference_mode():
+            got = hf.rescore(hidden, sequences)
+        assert [d.tokens for d in got] == [row[: end] for row, end in zip(ids, ends, strict=True)]
+        assert [d.avg_logprob for d in got] == pytest.approx(expected, abs=1e-5)
+        assert [d.no_speech_prob for d in got] == pytest.approx(no_speech.tolist(), abs=1e-6)
