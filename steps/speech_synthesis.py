@@ -262,16 +262,15 @@ class EspnetSynthesizer(Stage[str, Speech]):
         opts = self.options
         dtype = pick_dtype(opts.dtype, opts.device)
         can = packable(opts.device, dtype)
-        choice = opts.packed_lstm.strip().lower()
-        if choice != "auto":  # auto reads the loaded decoder; an explicit value is checked before any model is read
-            wanted = choice in TRUE_WORDS
-            if wanted and not can:
-                raise ValueError(
-                    f"packed_lstm needs a CPU with oneDNN and float32 or bfloat16; got device {opts.device!r}, "
-                    f"dtype {opts.dtype!r} (set packed_lstm to auto or false)"
-                )
-            return wanted
-        return can and (dtype != torch.float32 or self.tts.tts.dec.lstm[0].hidden_size >= PACK_MIN_UNITS)
+        if opts.packed_lstm.strip().lower() == "auto":  # reads the loaded decoder
+            return can and (dtype != torch.float32 or self.tts.tts.dec.lstm[0].hidden_size >= PACK_MIN_UNITS)
+        wanted = _choice(opts.packed_lstm, auto=False)  # an explicit value is checked before any model is read
+        if wanted and not can:
+            raise ValueError(
+                f"packed_lstm needs a CPU with oneDNN and float32 or bfloat16; got device {opts.device!r}, "
+                f"dtype {opts.dtype!r} (set packed_lstm to auto or false)"
+            )
+        return wanted
 
     def decoder_cells(self) -> list[Cell] | None:
         """The packed cells for the current dtype (packed on first use: `dtype` may change between calls), or
