@@ -7,6 +7,11 @@ already be handled. Why each piece:
 - only the first signal interrupts. A second Ctrl-C, or the SIGINT that reaches a step process both directly
   (the terminal's process group) and from its parent, must not break the cleanup, which is bounded in time;
   a third signal ends the process at once, for a cleanup that is stuck;
+- code that must not be cut at an arbitrary bytecode runs inside `deferred()`: there the signal raises only
+  where the code checks (`check_interrupt()`) and at the block's end. A KeyboardInterrupt can land between a
+  lock's acquire and the `with` that would release it (a multiprocessing queue's, in the streaming router's
+  put) or halfway through stopping workers; that once left the router hung at exit (CI, 2026-12-06: its
+  Ctrl-C landed in the join of the calibration's workers, and the run never ended);
 - the exit status says which signal: 128 + its number (130 SIGINT, 143 SIGTERM), as a shell reports it;
 - child processes ask the kernel to be signalled when their parent dies (Linux PR_SET_PDEATHSIG; elsewhere a
   thread that watches the parent id), so a SIGKILLed run leaves no orphans holding gigabytes.
@@ -21,11 +26,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 FORCE_AFTER = 3  # the signal that ends a stuck cleanup at once
 _received: list[int] = []
+_deferring = 0  # depth of the deferred() blocks the main thread is in
+_pending = False  # the interrupting signal arrived in a deferred() block and has not been raised yet
 PR_SET_PDEATHSIG = 1
 
 
@@ -36,10 +44,38 @@ def handle_signals() -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _pending
     _received.append(signum)
     if len(_received) >= FORCE_AFTER:
         os._exit(128 + _received[0])
     if len(_received) == 1:
+        if _deferring:
+            _pending = True
+        else:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Inside, the interrupting signal raises KeyboardInterrupt only at check_interrupt() and where the outermost
+    block ends, however it ends: an exception of its own is then the interrupt's __context__, and the user's
+    Ctrl-C is never lost to it. A third signal still ends the process at once. Needs handle_signals' handler:
+    under Python's default one, SIGINT raises wherever it lands."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring:
+            check_interrupt()
+
+
+def check_interrupt() -> None:
+    """Raise the KeyboardInterrupt that a signal deferred (nothing if none is pending)."""
+    global _pending
+    if _pending:
+        _pending = False
         raise KeyboardInterrupt
 
 

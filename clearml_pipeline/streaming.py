@@ -18,8 +18,11 @@ Why this shape (seed 000's open problems, and issue 12's faults):
   to the stage's batch size, waiting at most `max_wait_ms` for more;
 - each worker reports on a pipe of its own: a worker killed while writing to a queue shared by all would keep
   that queue's lock, and every other worker would block on it for ever;
-- on Ctrl-C the router first reads the batches already waiting in the pipes (skipping a pipe whose read the
-  signal cut, which is mid-message), so a row finished before the signal is written ok, not interrupted.
+- on Ctrl-C the router first reads the batches already waiting in the pipes, so a row finished before the
+  signal is written ok, not interrupted;
+- the router's loops and close() run with the signal deferred (interrupts.deferred): it is raised where the
+  loop checks, never inside a queue's put, a pipe's read or a worker's start, and close() always ends with
+  every worker stopped and every queue released, or the interpreter's exit waits on them for ever.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 
 from clearml_pipeline.config import RunConfig
 from clearml_pipeline.execution import ResultsSink, mark_interrupted
-from clearml_pipeline.interrupts import child_entry
+from clearml_pipeline.interrupts import check_interrupt, child_entry, deferred
 from clearml_pipeline.replicas import StreamingOptions
 from clearml_pipeline.stream_worker import Delivery, warm_up, worker_main
 from steps.base import ModelInfo
@@ -71,7 +74,6 @@ class Worker:
     failed: str | None = None  # its own report of why it could not start
     progress_at: float = 0.0  # when it last delivered, or began holding rows after holding none
     held: dict[str, ItemResult] = field(default_factory=dict)
-    reading: bool = False  # a read of its pipe is under way: a signal cutting it leaves the pipe mid-message
 
 
 @dataclass
@@ -136,10 +138,17 @@ class StreamingRunner:
         """Start every replica and wait until all are warm; returns the cold start in seconds."""
         started = time.monotonic()
         self.ctx.out.mkdir(parents=True, exist_ok=True)
-        for spec in self.stages:
-            for _ in range(self.replicas[spec.name]):
-                self._spawn(spec)
+        with deferred():  # a process started is always a worker recorded, which close() will stop
+            for spec in self.stages:
+                for _ in range(self.replicas[spec.name]):
+                    self._spawn(spec)
+            self._wait_ready(started)
+        self.stats.cold_start_s = time.monotonic() - started
+        return self.stats.cold_start_s
+
+    def _wait_ready(self, started: float) -> None:
         while not all(w.ready for w in self.workers.values()):
+            check_interrupt()
             if time.monotonic() - started > self.options.ready_timeout_s:
                 late = next(w for w in self.workers.values() if not w.ready)
                 raise WorkerStartError(late.spec.name, f"workers not ready after {self.options.ready_timeout_s:.0f} s")
@@ -147,8 +156,6 @@ class StreamingRunner:
             for worker in self.workers.values():
                 if not worker.ready and (worker.failed or not worker.process.is_alive()):
                     raise WorkerStartError(worker.spec.name, self._start_failure(worker))
-        self.stats.cold_start_s = time.monotonic() - started
-        return self.stats.cold_start_s
 
     @staticmethod
     def _start_failure(worker: Worker) -> str:
@@ -158,24 +165,26 @@ class StreamingRunner:
 
     def close(self) -> None:
         """Stop every worker: a ready one finishes its batch and exits; one still warming up, or any after an
-        interrupt (what it would deliver is not waited for), is terminated at once; SIGKILL for the stubborn."""
-        for worker in self.workers.values():
-            if self.stats.interrupted or not worker.ready:
-                worker.process.terminate()
-            with contextlib.suppress(Exception):
-                worker.inbox.put_nowait(None)
-        deadline = time.monotonic() + 10
-        for worker in self.workers.values():
-            worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.terminate()
-                worker.process.join(timeout=5)
-            if worker.process.is_alive():
-                worker.process.kill()  # also ends a stopped (SIGSTOP) worker, which SIGTERM would not
-                worker.process.join(timeout=5)
-        for worker in self.workers.values():
-            worker.inbox.cancel_join_thread()
-            worker.outbox.close()
+        interrupt (what it would deliver is not waited for), is terminated at once; SIGKILL for the stubborn.
+        A signal meanwhile is raised once all of that is done (bounded: 10 s, then 5 s per stubborn worker)."""
+        with deferred():
+            for worker in self.workers.values():
+                if self.stats.interrupted or not worker.ready:
+                    worker.process.terminate()
+                with contextlib.suppress(Exception):
+                    worker.inbox.put_nowait(None)
+            deadline = time.monotonic() + 10
+            for worker in self.workers.values():
+                worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
+                if worker.process.is_alive():
+                    worker.process.terminate()
+                    worker.process.join(timeout=5)
+                if worker.process.is_alive():
+                    worker.process.kill()  # also ends a stopped (SIGSTOP) worker, which SIGTERM would not
+                    worker.process.join(timeout=5)
+            for worker in self.workers.values():
+                worker.inbox.cancel_join_thread()
+                worker.outbox.close()
 
     # -- routing ---------------------------------------------------------------------------------------------
     def run(
@@ -198,18 +207,20 @@ class StreamingRunner:
         self.arrived: dict[str, float] = {}
         start = time.monotonic()
         try:
-            while len(done) < len(rows):
-                now = time.monotonic() - start
-                while waiting and waiting[0][1] <= now:
-                    row, _ = waiting.popleft()
-                    self.arrived[row.id] = time.monotonic()
-                    pending[self.stages[0].name].append(row)
-                self._dispatch(pending)
-                for row, stage_index in self._receive(timeout=0.01):
-                    self._advance(row, stage_index, pending)
-                self._reap(pending)
-                self._fail_given_up(pending)
-                self._flush(done, sink, on_progress)
+            with deferred():  # raised at the loop's top only: never inside a queue's put or a pipe's read
+                while len(done) < len(rows):
+                    check_interrupt()
+                    now = time.monotonic() - start
+                    while waiting and waiting[0][1] <= now:
+                        row, _ = waiting.popleft()
+                        self.arrived[row.id] = time.monotonic()
+                        pending[self.stages[0].name].append(row)
+                    self._dispatch(pending)
+                    for row, stage_index in self._receive(timeout=0.01):
+                        self._advance(row, stage_index, pending)
+                    self._reap(pending)
+                    self._fail_given_up(pending)
+                    self._flush(done, sink, on_progress)
         except KeyboardInterrupt:
             self.stats.interrupted = True
             self._drain(pending)
@@ -271,9 +282,7 @@ class StreamingRunner:
         for pipe in wait(list(by_pipe), timeout):
             worker = by_pipe[pipe]  # type: ignore[index]
             try:
-                worker.reading = True
                 kind, *payload = worker.outbox.recv()
-                worker.reading = False
             except (EOFError, OSError):  # it exited (or died mid-message): _reap retires it
                 worker.outbox.close()
                 continue
@@ -288,7 +297,7 @@ class StreamingRunner:
         return finished
 
     def _readable_pipes(self) -> dict[Connection, Worker]:
-        return {w.outbox: w for w in self.workers.values() if not w.outbox.closed and not w.reading}
+        return {w.outbox: w for w in self.workers.values() if not w.outbox.closed}
 
     def _drain(self, pending: dict[str, deque[ItemResult]]) -> None:
         """After an interrupt: take the batches that workers had already put in their pipes, so that a row finished

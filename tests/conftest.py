@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from clearml_pipeline import interrupts
 from registry.fixtures import FixtureCaches, build_fixtures, fixture_env
 from tests import preflight
 
@@ -42,3 +45,28 @@ def whisper_base_ct2() -> Path:
     from tests.real_models import whisper_base_ct2 as build
 
     return build()
+
+
+@pytest.fixture
+def command_signals() -> Iterator[Callable[[int], None]]:
+    """The command's signal handling (clearml_pipeline.interrupts) in this process, put back afterwards; yields
+    a function that sends this process a signal and returns once the handler has run (where it does not raise,
+    as in a deferred() block)."""
+    previous = {signum: signal.getsignal(signum) for signum in interrupts.HANDLED}
+    interrupts.handle_signals()
+
+    def send(signum: int) -> None:
+        seen = len(interrupts._received)
+        os.kill(os.getpid(), signum)
+        deadline = time.monotonic() + 10
+        while len(interrupts._received) == seen and time.monotonic() < deadline:
+            time.sleep(0.001)  # the handler runs in this thread, between bytecodes
+        assert len(interrupts._received) > seen, "the signal handler did not run"
+
+    try:
+        yield send
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        interrupts._received.clear()  # the module's state is per process: the next test starts with none
+        interrupts._pending = False

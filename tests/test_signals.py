@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from clearml_pipeline import interrupts
 from tests.cli import REPO
 from tests.speech import SPANISH_SENTENCES, speak, tone
 
@@ -253,3 +254,41 @@ def test_bench_sigterm_stops_its_workers_and_writes_every_request(clips: Path, t
     assert len(rows) == 4 and all(r["stage"] == "interrupted" for r in rows)
     assert not (out / "bench.json").exists()  # no figures from a measurement cut short
     assert run.leftovers() == []
+
+
+# -- interrupts.deferred: where a signal may not raise (the streaming router's locks and its shutdown) ---------
+
+
+def test_a_deferred_signal_is_raised_where_the_outermost_block_ends(command_signals: Callable[[int], None]) -> None:
+    reached = []
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        command_signals(signal.SIGINT)
+        reached.append("after the signal")
+        with interrupts.deferred():
+            pass  # an inner block's end is not where it is raised
+        reached.append("after the inner block")
+    assert reached == ["after the signal", "after the inner block"]
+    assert interrupts.received() == signal.SIGINT
+
+
+def test_check_interrupt_raises_it_once(command_signals: Callable[[int], None]) -> None:
+    with interrupts.deferred():
+        interrupts.check_interrupt()  # nothing pending: nothing raised
+        command_signals(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check_interrupt()
+    # the block ended without raising it a second time
+    assert interrupts.interrupted_exit_code() == 143
+
+
+def test_an_error_in_a_deferred_block_does_not_swallow_the_interrupt(command_signals: Callable[[int], None]) -> None:
+    with pytest.raises(KeyboardInterrupt) as raised, interrupts.deferred():
+        command_signals(signal.SIGINT)
+        raise ValueError("the block's own failure")
+    assert isinstance(raised.value.__context__, ValueError)
+
+
+def test_outside_a_deferred_block_the_signal_raises_at_once(command_signals: Callable[[int], None]) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)  # interrupted: the handler raises in the sleep

@@ -8,8 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -442,3 +443,65 @@ def test_rows_a_worker_finished_before_ctrl_c_are_written_ok(config: RunConfig, 
     ok = [r for r in done if r.ok]
     assert len(ok) >= 2 and all(r.zh_text for r in ok)  # the batch (of 2) in the pipe, read after the signal
     assert all(r.stage == "interrupted" for r in done if not r.ok)
+
+
+class CtrlCInsideTheQueueLock(StreamingRunner):
+    """Ctrl-C at the worst moment of close(): inside the inbox's `with self._notempty:` (its put of the stop
+    message), after the lock is taken and before the `with` is set up to release it. A KeyboardInterrupt raised
+    there keeps the lock for ever, and the interpreter's exit (multiprocessing's finalizer takes that lock) hangs:
+    how a Ctrl-C'd run once never ended (CI, 2026-12-06)."""
+
+    send: Callable[[int], None]
+    lock: Any = None
+
+    def close(self) -> None:
+        inbox = next(iter(self.workers.values())).inbox
+        condition = inbox._notempty  # type: ignore[attr-defined]
+        self.lock = condition._lock
+        send = self.send
+
+        class SignalOnEnter:
+            def __enter__(self) -> Any:
+                entered = condition.__enter__()
+                send(signal.SIGINT)  # the handler runs here, the lock held
+                return entered
+
+            def __exit__(self, *exc: Any) -> Any:
+                return condition.__exit__(*exc)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(condition, name)
+
+        inbox._notempty = SignalOnEnter()  # type: ignore[attr-defined]
+        super().close()
+
+
+def test_ctrl_c_inside_close_stops_every_worker_and_leaves_no_lock_held(
+    config: RunConfig, tmp_path: Path, command_signals: Callable[[int], None]
+) -> None:
+    config = config.updated({"runner": {"batch_size": 2}})
+    two = {"machine_translation": 2}
+    runner = CtrlCInsideTheQueueLock(config, StreamingOptions(max_wait_ms=5), StepContext(tmp_path, 60.0), two,
+                                     {"machine_translation": 1}, stages=[MT])
+    runner.send = command_signals
+    with time_limit(420):
+        runner.start()
+        done = runner.run(text_rows(4))  # the inboxes' feeder threads are running: their exit finalizer is set
+    assert all(r.ok for r in done)
+    workers = list(runner.workers.values())
+    try:
+        with pytest.raises(KeyboardInterrupt):  # raised once close() has done everything
+            runner.close()
+        assert not any(w.process.is_alive() for w in workers)
+        assert all(w.outbox.closed for w in workers)
+        assert runner.lock is not None and not runner.lock.locked()
+        for worker in workers:  # what the interpreter's exit does with each inbox; it hangs on a held lock
+            releasing = threading.Thread(target=worker.inbox.close, daemon=True)
+            releasing.start()
+            releasing.join(timeout=10)
+            assert not releasing.is_alive()
+    finally:  # a failure here must not hang the test session's own exit
+        if runner.lock is not None and runner.lock.locked():
+            runner.lock.release()
+        for worker in workers:
+            worker.process.kill()
