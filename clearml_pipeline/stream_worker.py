@@ -35,8 +35,20 @@ class Delivery:
     cpu_s: float
 
 
-def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int) -> None:
-    """Run one synthetic row through the stage's whole path (a noise clip passes the silence gate).
+# As long as the real inputs, so that warming up on them reaches the real batches' memory and shapes: an English
+# sentence of the length Whisper gives, and Chinese text of one whole piece (speech synthesis splits at 50 characters).
+WARM_UP_EN = "Tomorrow morning we are going to take the early train to the coast and spend the day on the beach."
+WARM_UP_ZH = "明天早上我们要坐早班火车去海边然后在沙滩上待一整天晚上再回到城里和朋友们一起去餐馆吃一顿丰盛的晚饭"
+
+
+def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows: int = 1) -> None:
+    """Run `rows` synthetic rows (a noise clip passes the silence gate) through the stage's whole path.
+
+    A worker warms up on a whole batch of long inputs: the first real batch then finds its memory mapped and its
+    shapes' oneDNN primitives built. Measured (bench, fixtures, 2 cores, 48 requests): after a warm-up on one
+    short row, the first streaming speech synthesis batch took 2.85 CPU-s, against 1.26-1.41 for the next ones;
+    after one on a batch of 8 long rows, 2.0 CPU-s, and the stage cost 0.175 CPU-s per item in the run instead of
+    0.188-0.195 (0.164 alone). The price: the cold start took 14.2 s instead of 13.3.
 
     In a folder of its own under OUT, removed after: a replacement warms up while the run writes OUT/audio, and
     no real item's file may be touched."""
@@ -44,16 +56,17 @@ def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int) -> No
 
     own = ctx.out / f".warmup-{worker_id}"
     own.mkdir(parents=True, exist_ok=True)
-    row = ItemResult(id="warmup", source=str(own / "warmup.wav"))
-    row.en_text, row.zh_text = "Hello, how are you?", "你好，今天天气很好。"
+    source = own / "warmup.wav"
     noise = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1
-    sf.write(row.source, noise, 16_000)
+    sf.write(source, noise, 16_000)
+    batch = [ItemResult(id=f"warmup-{k}", source=str(source), en_text=WARM_UP_EN, zh_text=WARM_UP_ZH)
+             for k in range(max(1, rows))]
     try:
-        run_group([(spec, built)], [row], replace(ctx, out=own), close=False)
+        run_group([(spec, built)], batch, replace(ctx, out=own), close=False)
     finally:
         shutil.rmtree(own, ignore_errors=True)
-    if not row.ok:
-        raise RuntimeError(f"warm-up failed: {row.error}")
+    if failed := next((row for row in batch if not row.ok), None):
+        raise RuntimeError(f"warm-up failed: {failed.error}")
 
 
 def worker_main(
@@ -81,7 +94,7 @@ def worker_main(
     try:
         built = build_stage(spec, options)
         built.ensure_ready()
-        warm_up(built, spec, ctx, worker_id)
+        warm_up(built, spec, ctx, worker_id, rows=max_batch)
     except Exception as exc:  # noqa: BLE001 - reported: the router fails the start or the stage's rows
         outbox.send(("failed", worker_id, f"{type(exc).__name__}: {exc}"))
         return

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from clearml_pipeline.config import RunConfig
 from clearml_pipeline.replicas import StreamingOptions, auto_replicas, parse_ratio, plan, thread_budget
+from clearml_pipeline.stream_worker import WARM_UP_ZH, warm_up
 from clearml_pipeline.streaming import StreamingRunner
 from steps.results import ItemResult
 from steps.stages import STAGES, StepContext
@@ -505,3 +507,22 @@ def test_ctrl_c_inside_close_stops_every_worker_and_leaves_no_lock_held(
             runner.lock.release()
         for worker in workers:
             worker.process.kill()
+
+
+def test_a_worker_warms_up_on_a_whole_batch_of_long_rows_in_a_folder_it_removes(tmp_path: Path) -> None:
+    seen: list[tuple[int, list[int], bool]] = []
+
+    def step(stage: Any, rows: list[ItemResult], ctx: StepContext) -> None:
+        assert ctx.out.is_relative_to(tmp_path) and ctx.out != tmp_path  # never OUT itself: real items' files
+        seen.append((len(rows), [len(row.zh_text or "") for row in rows], Path(rows[0].source).is_file()))
+
+    warm_up(object(), replace(STAGES[-1], step=step), StepContext(tmp_path, 60.0), worker_id=3, rows=8)
+    assert seen == [(8, [len(WARM_UP_ZH)] * 8, True)] and len(WARM_UP_ZH) >= 40  # a whole piece's length
+    assert list(tmp_path.iterdir()) == []
+
+    def fail(stage: Any, rows: list[ItemResult], ctx: StepContext) -> None:
+        rows[-1].fail("speech_synthesis", "the model gave no audio")
+
+    with pytest.raises(RuntimeError, match="warm-up failed: the model gave no audio"):
+        warm_up(object(), replace(STAGES[-1], step=fail), StepContext(tmp_path, 60.0), worker_id=4, rows=2)
+    assert list(tmp_path.iterdir()) == []
