@@ -44,11 +44,12 @@ WARM_UP_ZH = "明天早上我们要坐早班火车去海边然后在沙滩上待
 def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows: int = 1) -> None:
     """Run `rows` synthetic rows (a noise clip passes the silence gate) through the stage's whole path.
 
-    A worker warms up on a whole batch of long inputs: the first real batch then finds its memory mapped and its
-    shapes' oneDNN primitives built. Measured (bench, fixtures, 2 cores, 48 requests): after a warm-up on one
-    short row, the first streaming speech synthesis batch took 2.85 CPU-s, against 1.26-1.41 for the next ones;
-    after one on a batch of 8 long rows, 2.0 CPU-s, and the stage cost 0.175 CPU-s per item in the run instead of
-    0.188-0.195 (0.164 alone). The price: the cold start took 14.2 s instead of 13.3.
+    A worker warms up on a whole batch of long inputs of different lengths: the first real batch then finds its
+    memory mapped and its shapes' oneDNN primitives built. Measured (bench, fixtures, 2 cores, 48 requests):
+    after a warm-up on one short row, the first streaming speech synthesis batch took 2.85 CPU-s, against
+    1.26-1.41 for the next ones, and the stage cost 0.188-0.195 CPU-s per item in the run against 0.168-0.173
+    alone; after 8 long rows of one length, 2.0 CPU-s and 0.174-0.176 against 0.163-0.175; after 8 of different
+    lengths, 0.173-0.174 against 0.172-0.173. The price: a cold start of about 17 s instead of 13-14.
 
     In a folder of its own under OUT, removed after: a replacement warms up while the run writes OUT/audio, and
     no real item's file may be touched."""
@@ -59,8 +60,12 @@ def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows:
     source = own / "warmup.wav"
     noise = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1
     sf.write(source, noise, 16_000)
-    batch = [ItemResult(id=f"warmup-{k}", source=str(source), en_text=WARM_UP_EN, zh_text=WARM_UP_ZH)
-             for k in range(max(1, rows))]
+    n = max(1, rows)
+    # From the whole text down to half of it: items of one batch stop at different steps, so the batch shrinks
+    # through every size as real ones do (each size's shapes built here, not in the first real batch).
+    cut = [1.0 - 0.5 * k / max(n - 1, 1) for k in range(n)]
+    batch = [ItemResult(id=f"warmup-{k}", source=str(source), en_text=WARM_UP_EN[: round(len(WARM_UP_EN) * f)],
+                        zh_text=WARM_UP_ZH[: round(len(WARM_UP_ZH) * f)]) for k, f in enumerate(cut)]
     try:
         run_group([(spec, built)], batch, replace(ctx, out=own), close=False)
     finally:

@@ -517,7 +517,10 @@ def test_a_worker_warms_up_on_a_whole_batch_of_long_rows_in_a_folder_it_removes(
         seen.append((len(rows), [len(row.zh_text or "") for row in rows], Path(rows[0].source).is_file()))
 
     warm_up(object(), replace(STAGES[-1], step=step), StepContext(tmp_path, 60.0), worker_id=3, rows=8)
-    assert seen == [(8, [len(WARM_UP_ZH)] * 8, True)] and len(WARM_UP_ZH) >= 40  # a whole piece's length
+    [(rows, lengths, audio)] = seen
+    assert rows == 8 and audio and len(WARM_UP_ZH) >= 40  # a whole batch; the longest text a whole piece
+    assert lengths[0] == len(WARM_UP_ZH) and lengths[-1] >= len(WARM_UP_ZH) // 2
+    assert lengths == sorted(set(lengths), reverse=True) and len(lengths) == 8  # each length once
     assert list(tmp_path.iterdir()) == []
 
     def fail(stage: Any, rows: list[ItemResult], ctx: StepContext) -> None:
