@@ -49,7 +49,7 @@ def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows:
     after a warm-up on one short row, the first streaming speech synthesis batch took 2.85 CPU-s, against
     1.26-1.41 for the next ones, and the stage cost 0.188-0.195 CPU-s per item in the run against 0.168-0.173
     alone; after 8 long rows of one length, 2.0 CPU-s and 0.174-0.176 against 0.163-0.175; after 8 of different
-    lengths, 0.173-0.174 against 0.172-0.173. The price: a cold start of about 17 s instead of 13-14.
+    lengths, 0.173-0.178 against 0.172-0.182. The price: a cold start of 17-18 s instead of 13-14.
 
     In a folder of its own under OUT, removed after: a replacement warms up while the run writes OUT/audio, and
     no real item's file may be touched."""
