@@ -317,10 +317,12 @@ def time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def mt_runner(cls: type[StreamingRunner], config: RunConfig, options: StreamingOptions, out: Path) -> Any:
+def mt_runner(
+    cls: type[StreamingRunner], config: RunConfig, options: StreamingOptions, out: Path, replicas: int = 1
+) -> Any:
     small = config.updated({"runner": {"batch_size": 2}})
     one = {"machine_translation": 1}
-    return cls(small, options, StepContext(out, 60.0), one, one, stages=[MT])
+    return cls(small, options, StepContext(out, 60.0), {"machine_translation": replicas}, one, stages=[MT])
 
 
 def run_to_the_end(runner: StreamingRunner, rows: list[ItemResult], seconds: int = 420) -> list[ItemResult]:
@@ -481,10 +483,7 @@ class CtrlCInsideTheQueueLock(StreamingRunner):
 def test_ctrl_c_inside_close_stops_every_worker_and_leaves_no_lock_held(
     config: RunConfig, tmp_path: Path, command_signals: Callable[[int], None]
 ) -> None:
-    config = config.updated({"runner": {"batch_size": 2}})
-    two = {"machine_translation": 2}
-    runner = CtrlCInsideTheQueueLock(config, StreamingOptions(max_wait_ms=5), StepContext(tmp_path, 60.0), two,
-                                     {"machine_translation": 1}, stages=[MT])
+    runner = mt_runner(CtrlCInsideTheQueueLock, config, StreamingOptions(max_wait_ms=5), tmp_path, replicas=2)
     runner.send = command_signals
     with time_limit(420):
         runner.start()
