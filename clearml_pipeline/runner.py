@@ -58,6 +58,18 @@ def _summary(
     return summarize(rows, models, busy, time.perf_counter() - started, config.to_dict(), run_device(config))
 
 
+def close_all(runners: Sequence[StreamingRunner]) -> None:
+    """Close every runner (each once), even when one raises the Ctrl-C it deferred; that is raised after."""
+    interrupt: KeyboardInterrupt | None = None
+    for runner in runners:
+        try:
+            runner.close()
+        except KeyboardInterrupt as exc:
+            interrupt = exc
+    if interrupt is not None:
+        raise interrupt
+
+
 def _rows(items: Sequence[InputItem]) -> list[ItemResult]:
     return [ItemResult(item.id, str(item.path)) for item in items]
 
@@ -114,6 +126,8 @@ class StreamingRuntime:
         summary["streaming"] = planned | {
             "cold_start_s": last.stats.cold_start_s if last else 0.0,
             "worker_restarts": sum(done.stats.restarts for done in runners),
+            "workers_started": {spec.name: sum(done.stats.started.get(spec.name, 0) for done in runners)
+                                for spec in STAGES},
             "interrupted": interrupted,
         }
         summary["interrupted"] = interrupted
@@ -136,13 +150,11 @@ class StreamingRuntime:
 
         def calibrate() -> dict[str, float]:
             """`--replicas auto`: the first items go through one worker per stage at one thread, which measures
-            each stage's CPU-seconds per item; their results are kept (nothing is computed twice)."""
+            each stage's CPU-seconds per item; their results are kept (nothing is computed twice), and so are the
+            workers, grown to the plan below (no model is loaded twice)."""
             ones = {spec.name: 1 for spec in STAGES}
             probe = self._runner(ctx, ones, ones, runners)
-            try:
-                calibrated.extend(probe.run(pending[:CALIBRATION_ITEMS], on_progress=progress, sink=sink))
-            finally:
-                probe.close()
+            calibrated.extend(probe.run(pending[:CALIBRATION_ITEMS], on_progress=progress, sink=sink))
             reached = {s.name: sum(s.name in r.latency_s for r in calibrated) for s in STAGES}
             return {name: probe.stats.cpu_s.get(name, 0.0) / max(n, 1) for name, n in reached.items()}
 
@@ -152,16 +164,20 @@ class StreamingRuntime:
         reason, failed_stage = NOT_SENT, STAGES[0].name
         results: dict[str, ItemResult] = {}
         try:
-            replicas, threads, why = plan(self.options, gpu, available_cores(), calibrate)
-            interrupted = any(runner.stats.interrupted for runner in runners)
-            rest = pending[len(calibrated) :]
-            if rest and not interrupted:
-                runner = self._runner(ctx, replicas, threads, runners)
-                try:
+            try:
+                replicas, threads, why = plan(self.options, gpu, available_cores(), calibrate)
+                interrupted = any(runner.stats.interrupted for runner in runners)
+                rest = pending[len(calibrated) :]
+                if rest and not interrupted:
+                    if runners:  # the calibration's workers, warm
+                        runner = runners[-1]
+                        runner.scale(replicas, threads)
+                    else:
+                        runner = self._runner(ctx, replicas, threads, runners)
                     results.update((row.id, row) for row in runner.run(rest, on_progress=progress, sink=sink))
                     interrupted = runner.stats.interrupted
-                finally:
-                    runner.close()
+            finally:
+                close_all(runners)  # a Ctrl-C that close() raises once done is handled below
         except KeyboardInterrupt:  # while workers loaded and warmed up: the rows not finished were never sent
             interrupted = True
         except WorkerStartError as exc:

@@ -5,7 +5,8 @@ Why this shape (seed 000's open problems, and issue 12's faults):
   this module from anywhere ("context has already been set") cannot break; each starts through
   interrupts.child_entry (SIGINT ignored, dies with the router), and runs stream_worker.worker_main;
 - every worker loads its model once and warms up before the clock starts, all workers in parallel; cold start
-  is measured on its own, apart from steady-state throughput;
+  is measured on its own, apart from steady-state throughput; between runs `scale` keeps the warm workers that
+  fit a new plan (`--replicas auto` plans after a first run);
 - each replica gets a thread budget (torch intra-op threads) so that replicas share the cores instead of
   oversubscribing them, the likely reason 1:1:2 ran slower than 1:1:1 in the seed;
 - the router knows which rows each worker holds, so a worker that dies, or holds rows past `row_timeout_s`
@@ -85,6 +86,7 @@ class StreamStats:
     cpu_s: dict[str, float] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
     restarts: int = 0
+    started: dict[str, int] = field(default_factory=dict)  # worker processes started per stage, replacements too
     timeouts: int = 0  # workers killed for holding rows past row_timeout_s
     interrupted: bool = False
 
@@ -111,6 +113,7 @@ class StreamingRunner:
         self.start_failures: dict[str, int] = {}  # failed starts in a row, per stage
         self.given_up: dict[str, str] = {}  # stages that have no worker and will get none: why
         self.finished: list[ItemResult] = []  # rows finished since the run loop last looked
+        self.closed = False
 
     # -- workers ---------------------------------------------------------------------------------------------
     def _spawn(self, spec: StageSpec) -> Worker:
@@ -132,6 +135,7 @@ class StreamingRunner:
         writer.close()  # the worker holds the only writing end: its death is an end of file here
         worker = Worker(worker_id, spec, process, inbox, reader)
         self.workers[worker_id] = worker
+        self.stats.started[spec.name] = self.stats.started.get(spec.name, 0) + 1
         return worker
 
     def start(self) -> float:
@@ -145,6 +149,42 @@ class StreamingRunner:
             self._wait_ready(started)
         self.stats.cold_start_s = time.monotonic() - started
         return self.stats.cold_start_s
+
+    def scale(self, replicas: dict[str, int], threads: dict[str, int]) -> float:
+        """Between runs, make the live workers `replicas` per stage at `threads` each, keeping the warm ones that
+        fit; returns the seconds it took (added to the cold start).
+
+        Why: `--replicas auto` measures stage costs on a first run through one worker per stage. Closing those
+        and starting the planned ones loaded every model twice (fixtures, 2 cores: a 5-clip run took 41 s, the
+        second start alone 17 s), for a plan that on 2 cores is the same 1:1:1. Kept, they are also warm on the
+        run's own inputs. A worker whose thread budget changes is stopped and replaced (torch's intra-op pool is
+        sized once per process here), and extra ones are stopped; they hold no rows between runs."""
+        started = time.monotonic()
+        with deferred():
+            for worker in list(self.workers.values()):
+                name = worker.spec.name
+                kept = [w for w in self.workers.values() if w.spec is worker.spec]
+                if threads[name] != self.threads[name] or len(kept) > replicas[name]:
+                    self._stop(worker)
+            self.replicas, self.threads = dict(replicas), dict(threads)
+            for spec in self.stages:
+                for _ in range(replicas[spec.name] - sum(w.spec is spec for w in self.workers.values())):
+                    self._spawn(spec)
+            self._wait_ready(started)
+        spent = time.monotonic() - started
+        self.stats.cold_start_s += spent
+        return spent
+
+    def _stop(self, worker: Worker) -> None:
+        """Stop an idle worker (between runs) and forget it: asked to exit, SIGKILL if it does not within 10 s."""
+        with contextlib.suppress(Exception):
+            worker.inbox.put_nowait(None)
+        worker.process.join(timeout=10)
+        if worker.process.is_alive():
+            self._kill(worker)
+        worker.inbox.cancel_join_thread()
+        worker.outbox.close()
+        del self.workers[worker.id]
 
     def _wait_ready(self, started: float) -> None:
         while not all(w.ready for w in self.workers.values()):
@@ -166,7 +206,11 @@ class StreamingRunner:
     def close(self) -> None:
         """Stop every worker: a ready one finishes its batch and exits; one still warming up, or any after an
         interrupt (what it would deliver is not waited for), is terminated at once; SIGKILL for the stubborn.
-        A signal meanwhile is raised once all of that is done (bounded: 10 s, then 5 s per stubborn worker)."""
+        A signal meanwhile is raised once all of that is done (bounded: 10 s, then 5 s per stubborn worker).
+        A second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         with deferred():
             for worker in self.workers.values():
                 if self.stats.interrupted or not worker.ready:

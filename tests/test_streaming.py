@@ -194,6 +194,7 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
         ], name
     auto = json.loads((tmp_path / "auto" / "summary.json").read_text())["streaming"]
     assert auto["calibration_items"] == min(4, len(outputs["auto"]))
+    assert auto["workers_started"] == auto["replicas"]  # the calibration's workers went on: no model loaded twice
     assert set(auto["replicas"]) == {"speech_translation", "machine_translation", "speech_synthesis"}
     assert all(n >= 1 for n in auto["replicas"].values())
     summary = json.loads((tmp_path / "streaming" / "summary.json").read_text())
@@ -506,6 +507,39 @@ def test_ctrl_c_inside_close_stops_every_worker_and_leaves_no_lock_held(
             runner.lock.release()
         for worker in workers:
             worker.process.kill()
+
+
+def test_scaling_between_runs_keeps_the_warm_workers_that_fit_and_replaces_the_others(
+    config: RunConfig, tmp_path: Path
+) -> None:
+    """What `--replicas auto` does after its calibration run: grow to the plan without loading a model twice."""
+    runner = mt_runner(StreamingRunner, config, StreamingOptions(max_wait_ms=5), tmp_path)
+    stage = "machine_translation"
+    try:
+        with time_limit(420):
+            runner.start()
+            assert all(r.ok for r in runner.run(text_rows(2)))
+            (warm,) = runner.workers.values()
+            cold_start = runner.stats.cold_start_s
+
+            grew = runner.scale({stage: 2}, {stage: 1})
+            assert warm.id in runner.workers and warm.process.is_alive()  # kept: same thread budget
+            assert len(runner.workers) == 2 and all(w.ready for w in runner.workers.values())
+            assert runner.stats.cold_start_s == pytest.approx(cold_start + grew)
+            rows = [replace(row, id=f"second-{row.id}") for row in text_rows(8)]
+            assert all(r.ok for r in runner.run(rows))
+            assert runner.stats.started == {stage: 2}
+
+            runner.scale({stage: 1}, {stage: 2})  # another thread budget: every worker is replaced
+            assert warm.id not in runner.workers and not warm.process.is_alive()
+            assert len(runner.workers) == 1 and runner.threads == {stage: 2}
+            rows = [replace(row, id=f"third-{row.id}") for row in text_rows(2)]
+            assert all(r.ok for r in runner.run(rows))
+            assert runner.stats.started == {stage: 3}
+    finally:
+        runner.close()
+    assert not any(w.process.is_alive() for w in runner.workers.values())
+    runner.close()  # a second close does nothing
 
 
 def test_a_worker_warms_up_on_a_whole_batch_of_long_rows_in_a_folder_it_removes(tmp_path: Path) -> None:
