@@ -1,13 +1,16 @@
 """How many worker processes each stage gets in the streaming runtime, and how many threads each.
 
 `--replicas auto` (the default) measures each stage's CPU-seconds per item on the run's first items and gives
-the CPU stages cores in proportion, so that no stage starves the next: seed 000 guessed ratios by hand and
-1:1:2 ran slower than 1:1:1. Explicit ratios (`--replicas 1:1:2`) are used as given. Threads are a budget: the
-cores split among CPU replicas, so replicas share the cores instead of oversubscribing them.
+the CPU stages cores in proportion, each its share rounded up to whole replicas, so that no stage starves the
+next and no core idles: seed 000 guessed ratios by hand. Explicit ratios (`--replicas 1:1:2`) are used as
+given. Threads are a budget: the cores split among CPU replicas (one each once they outnumber the cores), so
+replicas never stack thread pools on the same cores (two threads for speech synthesis beside two one-thread
+stages on 2 cores: 0.24 CPU-s per item alone, 0.34 in the run, 2.6x instead of 3.0x).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 from clearml_pipeline.config import RunConfig
 from steps.options import option
 from steps.stages import STAGES, StageSpec
+
+SHARE_SLACK = 0.05  # of a core: a stage's share must exceed its replicas by more than this to get another
 
 
 @dataclass(frozen=True)
@@ -67,24 +72,24 @@ def is_gpu_stage(config: RunConfig, spec: StageSpec) -> bool:
 
 
 def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores: int) -> dict[str, int]:
-    """Replicas so that no stage starves the next: CPU stages get cores in proportion to their cost per item.
+    """Replicas so that no stage starves the next and no core idles for want of a process: each CPU stage gets
+    its share of the cores (cores x its CPU-seconds per item / those of every CPU stage), rounded up to whole
+    single-threaded replicas (and at least one). A stage whose share is more than its whole cores can then take
+    what the others leave idle, so the processes may outnumber the cores; the kernel shares the cores out.
 
-    The CPU replicas add up to the budget (the cores, or one per stage where there are more stages than cores):
-    each CPU stage gets one, and each further replica goes to the stage whose share is furthest above what it
-    has (largest remainder). Rounding each share on its own gave 1:1:2 on 2 cores (four processes), where
-    the two speech synthesis replicas split every batch in two and the four took turns on the cores: measured
-    on 2 cores (fixtures, Intel Xeon), 3.5-4.1 items/s and 0.17 -> 0.28 CPU-s per speech synthesis item, against
-    4.8 items/s for 1:1:1 with every stage at its standalone cost. GPU stages keep one replica each (they share
-    the device through batching, not stacked processes).
+    Measured on 2 cores (bench, fixtures, Intel Xeon, 48 requests; speech synthesis's share 1.1): 1:1:2 streamed
+    5.0-5.2 items/s against 4.5-4.9 for 1:1:1 (144 requests: 6.33 against 5.42), although each speech synthesis
+    item cost 11-17 % more CPU with three busy processes taking turns on two cores. Rounding up once ran slower
+    (3.5-4.1 items/s) because two replicas split every upstream batch in two; the router now keeps a batch on one
+    replica. `SHARE_SLACK` keeps a share that only measurement noise puts over a whole core from adding a process.
+    GPU stages keep one replica each (they share the device through batching, not stacked processes).
     """
     cpu_stages = [s.name for s in STAGES if not gpu[s.name]]
-    budget = max(cores, len(cpu_stages))
     total = sum(cpu_s_per_item[name] for name in cpu_stages) or 1.0
-    share = {name: budget * cpu_s_per_item[name] / total for name in cpu_stages}
     replicas = {s.name: 1 for s in STAGES}
-    for _ in range(budget - len(cpu_stages) if cpu_stages else 0):
-        name = max(cpu_stages, key=lambda n: share[n] - replicas[n])
-        replicas[name] += 1
+    for name in cpu_stages:
+        share = cores * cpu_s_per_item[name] / total
+        replicas[name] = max(1, math.ceil(share - SHARE_SLACK))
     return replicas
 
 

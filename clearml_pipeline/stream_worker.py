@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,11 @@ WARM_UP_EN = "Tomorrow morning we are going to take the early train to the coast
 WARM_UP_ZH = "明天早上我们要坐早班火车去海边然后在沙滩上待一整天晚上再回到城里和朋友们一起去餐馆吃一顿丰盛的晚饭"
 
 
+def warm_up_folder(out: Path, worker_id: int) -> Path:
+    """Where a worker warms up (under OUT, removed after; the router removes it if the worker is stopped first)."""
+    return out / f".warmup-{worker_id}"
+
+
 def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows: int = 1) -> None:
     """Run `rows` synthetic rows (a noise clip passes the silence gate) through the stage's whole path.
 
@@ -55,7 +61,7 @@ def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows:
     no real item's file may be touched."""
     import soundfile as sf
 
-    own = ctx.out / f".warmup-{worker_id}"
+    own = warm_up_folder(ctx.out, worker_id)
     own.mkdir(parents=True, exist_ok=True)
     source = own / "warmup.wav"
     noise = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1

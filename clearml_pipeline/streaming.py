@@ -32,6 +32,7 @@ import contextlib
 import os
 import pickle
 import queue
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ from clearml_pipeline.config import RunConfig
 from clearml_pipeline.execution import ResultsSink, mark_interrupted
 from clearml_pipeline.interrupts import check_interrupt, child_entry, deferred
 from clearml_pipeline.replicas import StreamingOptions
-from clearml_pipeline.stream_worker import Delivery, warm_up, worker_main
+from clearml_pipeline.stream_worker import Delivery, warm_up, warm_up_folder, worker_main
 from steps.base import ModelInfo
 from steps.results import ItemResult
 from steps.stages import STAGES, StageSpec, StepContext, finish
@@ -150,16 +151,15 @@ class StreamingRunner:
         self.stats.cold_start_s = time.monotonic() - started
         return self.stats.cold_start_s
 
-    def scale(self, replicas: dict[str, int], threads: dict[str, int]) -> float:
-        """Between runs, make the live workers `replicas` per stage at `threads` each, keeping the warm ones that
-        fit; returns the seconds it took (added to the cold start).
+    def scale(self, replicas: dict[str, int], threads: dict[str, int]) -> None:
+        """Between runs, make the workers `replicas` per stage at `threads` each, keeping the warm ones that fit.
+        New workers join the next run once warm (rows go to the ready ones meanwhile), so nothing waits here.
 
         Why: `--replicas auto` measures stage costs on a first run through one worker per stage. Closing those
         and starting the planned ones loaded every model twice (fixtures, 2 cores: a 5-clip run took 41 s, the
-        second start alone 17 s), for a plan that on 2 cores is the same 1:1:1. Kept, they are also warm on the
-        run's own inputs. A worker whose thread budget changes is stopped and replaced (torch's intra-op pool is
-        sized once per process here), and extra ones are stopped; they hold no rows between runs."""
-        started = time.monotonic()
+        second start alone 17 s). Kept, they are also warm on the run's own inputs. A worker whose thread budget
+        changes is stopped and replaced (torch's intra-op pool is sized once per process here), and extra ones
+        are stopped; between runs they hold no rows."""
         with deferred():
             for worker in list(self.workers.values()):
                 name = worker.spec.name
@@ -170,10 +170,6 @@ class StreamingRunner:
             for spec in self.stages:
                 for _ in range(replicas[spec.name] - sum(w.spec is spec for w in self.workers.values())):
                     self._spawn(spec)
-            self._wait_ready(started)
-        spent = time.monotonic() - started
-        self.stats.cold_start_s += spent
-        return spent
 
     def _stop(self, worker: Worker) -> None:
         """Stop an idle worker (between runs) and forget it: asked to exit, SIGKILL if it does not within 10 s."""
@@ -184,7 +180,12 @@ class StreamingRunner:
             self._kill(worker)
         worker.inbox.cancel_join_thread()
         worker.outbox.close()
+        self._remove_warm_up(worker)
         del self.workers[worker.id]
+
+    def _remove_warm_up(self, worker: Worker) -> None:
+        """A worker stopped or dead while warming up leaves its warm-up folder under OUT: removed here."""
+        shutil.rmtree(warm_up_folder(self.ctx.out, worker.id), ignore_errors=True)
 
     def _wait_ready(self, started: float) -> None:
         while not all(w.ready for w in self.workers.values()):
@@ -229,6 +230,7 @@ class StreamingRunner:
             for worker in self.workers.values():
                 worker.inbox.cancel_join_thread()
                 worker.outbox.close()
+                self._remove_warm_up(worker)
 
     # -- routing ---------------------------------------------------------------------------------------------
     def run(
@@ -386,6 +388,7 @@ class StreamingRunner:
             del self.workers[worker.id]
             worker.inbox.cancel_join_thread()
             worker.outbox.close()
+            self._remove_warm_up(worker)
             self.stats.restarts += 1
             name = worker.spec.name
             for row in reversed(list(worker.held.values())):
