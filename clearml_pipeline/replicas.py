@@ -19,7 +19,7 @@ from clearml_pipeline.config import RunConfig
 from steps.options import option
 from steps.stages import STAGES, StageSpec
 
-SHARE_SLACK = 0.05  # of a core: a stage's share must exceed its replicas by more than this to get another
+SHARE_SLACK = 0.05  # of a core: a stage's share must pass its replicas by more than this to get another one
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,12 @@ def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores:
     what the others leave idle, so the processes may outnumber the cores; the kernel shares the cores out.
 
     Measured on 2 cores (bench, fixtures, Intel Xeon, 48 requests; speech synthesis's share 1.1): 1:1:2 streamed
-    5.0-5.2 items/s against 4.5-4.9 for 1:1:1 (144 requests: 6.33 against 5.42), although each speech synthesis
-    item cost 11-17 % more CPU with three busy processes taking turns on two cores. Rounding up once ran slower
+    5.09 items/s on average against 4.74 for 1:1:1 (144 requests: 6.33 against 5.42), although speech synthesis
+    cost more CPU per item in the run (0.175-0.201 against 0.158-0.172 alone); at a share of 1.0, 1:1:1 streamed
+    5 % more (benchmarks/README.md, 2026-12-06 morning). Rounding up once ran slower
     (3.5-4.1 items/s) because two replicas split every upstream batch in two; the router now keeps a batch on one
-    replica. `SHARE_SLACK` keeps a share that only measurement noise puts over a whole core from adding a process.
+    replica. `SHARE_SLACK`: a share must pass whole cores by more than that to add a process (measured: at 1.0
+    the second process cost 5 %, at 1.1 it paid 7-17 %).
     GPU stages keep one replica each (they share the device through batching, not stacked processes).
     """
     cpu_stages = [s.name for s in STAGES if not gpu[s.name]]

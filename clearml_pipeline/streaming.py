@@ -161,7 +161,8 @@ class StreamingRunner:
         changes is stopped and replaced (torch's intra-op pool is sized once per process here), and extra ones
         are stopped; between runs they hold no rows."""
         with deferred():
-            for worker in list(self.workers.values()):
+            # Those still loading go first, then the newest: the warmest are kept.
+            for worker in sorted(self.workers.values(), key=lambda w: (w.ready, -w.id)):
                 name = worker.spec.name
                 kept = [w for w in self.workers.values() if w.spec is worker.spec]
                 if threads[name] != self.threads[name] or len(kept) > replicas[name]:
@@ -172,7 +173,10 @@ class StreamingRunner:
                     self._spawn(spec)
 
     def _stop(self, worker: Worker) -> None:
-        """Stop an idle worker (between runs) and forget it: asked to exit, SIGKILL if it does not within 10 s."""
+        """Stop a worker that holds no rows (between runs) and forget it: a ready one is asked to exit, one still
+        warming up is terminated (it reads its inbox only once warm); SIGKILL if it has not exited within 10 s."""
+        if not worker.ready:
+            worker.process.terminate()
         with contextlib.suppress(Exception):
             worker.inbox.put_nowait(None)
         worker.process.join(timeout=10)

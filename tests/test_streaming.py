@@ -531,13 +531,18 @@ def test_scaling_between_runs_keeps_the_warm_workers_that_fit_and_replaces_the_o
 
             runner.scale({stage: 2}, {stage: 1})
             assert warm.id in runner.workers and warm.process.is_alive()  # kept: same thread budget
+            (loading,) = (w for w in runner.workers.values() if w is not warm)
+            runner.scale({stage: 1}, {stage: 1})  # fewer again: the one still loading goes, the warm one stays
+            assert list(runner.workers.values()) == [warm] and not loading.process.is_alive()
+
+            runner.scale({stage: 2}, {stage: 1})
             (new,) = (w for w in runner.workers.values() if w is not warm)
             assert not new.ready  # loading: the next rows go to the warm worker meanwhile
             assert all(r.ok for r in runner.run([replace(row, id=f"second-{row.id}") for row in text_rows(2)]))
             runner._wait_ready(time.monotonic())
             rows = [replace(row, id=f"third-{row.id}") for row in text_rows(8)]
             assert all(r.ok for r in runner.run(rows))
-            assert runner.stats.started == {stage: 2}
+            assert runner.stats.started == {stage: 3}
             assert runner.stats.cold_start_s == cold_start  # nothing waited for the new replica
 
             runner.scale({stage: 1}, {stage: 2})  # another thread budget: every worker is replaced
@@ -545,7 +550,7 @@ def test_scaling_between_runs_keeps_the_warm_workers_that_fit_and_replaces_the_o
             assert len(runner.workers) == 1 and runner.threads == {stage: 2}
             rows = [replace(row, id=f"fourth-{row.id}") for row in text_rows(2)]
             assert all(r.ok for r in runner.run(rows))  # they wait for the replacement to be warm
-            assert runner.stats.started == {stage: 3}
+            assert runner.stats.started == {stage: 4}
             (last,) = runner.workers.values()
             (tmp_path / f".warmup-{last.id}").mkdir()  # as a worker stopped while warming up leaves it
             (tmp_path / f".warmup-{last.id}" / "warmup.wav").write_bytes(b"")
