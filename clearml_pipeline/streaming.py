@@ -5,8 +5,7 @@ Why this shape (seed 000's open problems, and issue 12's faults):
   this module from anywhere ("context has already been set") cannot break; each starts through
   interrupts.child_entry (SIGINT ignored, dies with the router), and runs stream_worker.worker_main;
 - every worker loads its model once and warms up before the clock starts, all workers in parallel; cold start
-  is measured on its own, apart from steady-state throughput; between runs `scale` keeps the warm workers that
-  fit a new plan (`--replicas auto` plans after a first run);
+  is measured on its own, apart from steady-state throughput; `scale` keeps warm workers between runs;
 - each replica gets a thread budget (torch intra-op threads) so that replicas share the cores instead of
   oversubscribing them, the likely reason 1:1:2 ran slower than 1:1:1 in the seed;
 - the router knows which rows each worker holds, so a worker that dies, or holds rows past `row_timeout_s`
@@ -36,9 +35,8 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.context import SpawnContext
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -46,6 +44,7 @@ from clearml_pipeline.config import RunConfig
 from clearml_pipeline.execution import ResultsSink, mark_interrupted
 from clearml_pipeline.interrupts import check_interrupt, child_entry, deferred
 from clearml_pipeline.replicas import StreamingOptions
+from clearml_pipeline.stream_records import StreamStats, Worker, WorkerStartError
 from clearml_pipeline.stream_worker import Delivery, warm_up, warm_up_folder, worker_main
 from steps.base import ModelInfo
 from steps.results import ItemResult
@@ -53,43 +52,7 @@ from steps.stages import STAGES, StageSpec, StepContext, finish
 
 SPAWN: SpawnContext = __import__("multiprocessing").get_context("spawn")
 DRAIN_PASSES = 50  # reads of every pipe after an interrupt, at most
-__all__ = ["SPAWN", "StreamingRunner", "WorkerStartError", "warm_up"]
-
-
-class WorkerStartError(RuntimeError):
-    """The workers of a stage could not start (their model failed to load, or they died warming up)."""
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(message)
-        self.stage = stage
-
-
-@dataclass
-class Worker:
-    id: int
-    spec: StageSpec
-    process: SpawnProcess
-    inbox: Queue[Any]
-    outbox: Connection  # the reading end of its pipe
-    started: float = field(default_factory=time.monotonic)
-    ready: bool = False
-    failed: str | None = None  # its own report of why it could not start
-    progress_at: float = 0.0  # when it last delivered, or began holding rows after holding none
-    held: dict[str, ItemResult] = field(default_factory=dict)
-
-
-@dataclass
-class StreamStats:
-    cold_start_s: float = 0.0
-    wall_s: float = 0.0
-    queue_wait_s: dict[str, list[float]] = field(default_factory=dict)
-    batch_sizes: dict[str, list[int]] = field(default_factory=dict)
-    cpu_s: dict[str, float] = field(default_factory=dict)
-    busy_s: dict[str, float] = field(default_factory=dict)
-    restarts: int = 0
-    started: dict[str, int] = field(default_factory=dict)  # worker processes started per stage, replacements too
-    timeouts: int = 0  # workers killed for holding rows past row_timeout_s
-    interrupted: bool = False
+__all__ = ["SPAWN", "StreamStats", "StreamingRunner", "Worker", "WorkerStartError", "warm_up"]
 
 
 class StreamingRunner:
@@ -152,20 +115,15 @@ class StreamingRunner:
         return self.stats.cold_start_s
 
     def scale(self, replicas: dict[str, int], threads: dict[str, int]) -> None:
-        """Between runs, make the workers `replicas` per stage at `threads` each, keeping the warm ones that fit.
-        New workers join the next run once warm (rows go to the ready ones meanwhile), so nothing waits here.
-
-        Why: `--replicas auto` measures stage costs on a first run through one worker per stage. Closing those
-        and starting the planned ones loaded every model twice (fixtures, 2 cores: a 5-clip run took 41 s, the
-        second start alone 17 s). Kept, they are also warm on the run's own inputs. A worker whose thread budget
-        changes is stopped and replaced (torch's intra-op pool is sized once per process here), and extra ones
-        are stopped; between runs they hold no rows."""
+        """Between runs, make the workers `replicas` per stage at `threads` each, keeping the warm ones that fit;
+        new ones join the next run once warm (nothing waits here). `--replicas auto` plans after a first run through
+        one worker per stage, and closing those loaded every model twice (fixtures, 2 cores: a 5-clip run took 41 s,
+        18 s now). A worker whose thread budget changes is replaced: its torch pool is sized once."""
         with deferred():
             # Those still loading go first, then the newest: the warmest are kept.
             for worker in sorted(self.workers.values(), key=lambda w: (w.ready, -w.id)):
-                name = worker.spec.name
-                kept = [w for w in self.workers.values() if w.spec is worker.spec]
-                if threads[name] != self.threads[name] or len(kept) > replicas[name]:
+                extra = sum(w.spec is worker.spec for w in self.workers.values()) > replicas[worker.spec.name]
+                if extra or threads[worker.spec.name] != self.threads[worker.spec.name]:
                     self._stop(worker)
             self.replicas, self.threads = dict(replicas), dict(threads)
             for spec in self.stages:
@@ -211,8 +169,8 @@ class StreamingRunner:
     def close(self) -> None:
         """Stop every worker: a ready one finishes its batch and exits; one still warming up, or any after an
         interrupt (what it would deliver is not waited for), is terminated at once; SIGKILL for the stubborn.
-        A signal meanwhile is raised once all of that is done (bounded: 10 s, then 5 s per stubborn worker).
-        A second call does nothing."""
+        A signal meanwhile is raised once all of that is done (bounded: 10 s, then 5 s per stubborn worker); a
+        second call does nothing."""
         if self.closed:
             return
         self.closed = True
