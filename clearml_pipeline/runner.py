@@ -58,18 +58,6 @@ def _summary(
     return summarize(rows, models, busy, time.perf_counter() - started, config.to_dict(), run_device(config))
 
 
-def close_all(runners: Sequence[StreamingRunner]) -> None:
-    """Close every runner (each once), even when one raises the Ctrl-C it deferred; that is raised after."""
-    interrupt: KeyboardInterrupt | None = None
-    for runner in runners:
-        try:
-            runner.close()
-        except KeyboardInterrupt as exc:
-            interrupt = exc
-    if interrupt is not None:
-        raise interrupt
-
-
 def _rows(items: Sequence[InputItem]) -> list[ItemResult]:
     return [ItemResult(item.id, str(item.path)) for item in items]
 
@@ -176,8 +164,9 @@ class StreamingRuntime:
                         runner = self._runner(ctx, replicas, threads, runners)
                     results.update((row.id, row) for row in runner.run(rest, on_progress=progress, sink=sink))
                     interrupted = runner.stats.interrupted
-            finally:
-                close_all(runners)  # a Ctrl-C that close() raises once done is handled below
+            finally:  # the one runner (the calibration's, grown to the plan); a Ctrl-C close() raises is handled below
+                for runner in runners:
+                    runner.close()
         except KeyboardInterrupt:  # while workers loaded and warmed up: the rows not finished were never sent
             interrupted = True
         except WorkerStartError as exc:

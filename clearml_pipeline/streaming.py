@@ -140,13 +140,14 @@ class StreamingRunner:
         worker.process.join(timeout=10)
         if worker.process.is_alive():
             self._kill(worker)
-        worker.inbox.cancel_join_thread()
-        worker.outbox.close()
-        self._remove_warm_up(worker)
+        self._release(worker)
         del self.workers[worker.id]
 
-    def _remove_warm_up(self, worker: Worker) -> None:
-        """A worker stopped or dead while warming up leaves its warm-up folder under OUT: removed here."""
+    def _release(self, worker: Worker) -> None:
+        """An exited worker's inbox and pipe let go, and its warm-up folder removed: one stopped or dead while
+        warming up leaves it under OUT."""
+        worker.inbox.cancel_join_thread()
+        worker.outbox.close()
         shutil.rmtree(warm_up_folder(self.ctx.out, worker.id), ignore_errors=True)
 
     def _wait_ready(self, started: float) -> None:
@@ -190,9 +191,7 @@ class StreamingRunner:
                     worker.process.kill()  # also ends a stopped (SIGSTOP) worker, which SIGTERM would not
                     worker.process.join(timeout=5)
             for worker in self.workers.values():
-                worker.inbox.cancel_join_thread()
-                worker.outbox.close()
-                self._remove_warm_up(worker)
+                self._release(worker)
 
     # -- routing ---------------------------------------------------------------------------------------------
     def run(
@@ -348,9 +347,7 @@ class StreamingRunner:
             if why is None:
                 continue
             del self.workers[worker.id]
-            worker.inbox.cancel_join_thread()
-            worker.outbox.close()
-            self._remove_warm_up(worker)
+            self._release(worker)
             self.stats.restarts += 1
             name = worker.spec.name
             for row in reversed(list(worker.held.values())):

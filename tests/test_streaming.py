@@ -20,7 +20,7 @@ import pytest
 
 from clearml_pipeline.config import RunConfig
 from clearml_pipeline.replicas import StreamingOptions, auto_replicas, parse_ratio, plan, thread_budget
-from clearml_pipeline.stream_worker import WARM_UP_ZH, warm_up
+from clearml_pipeline.stream_worker import WARM_UP_ZH, warm_up, warm_up_folder
 from clearml_pipeline.streaming import StreamingRunner
 from steps.results import ItemResult
 from steps.stages import STAGES, StepContext
@@ -552,8 +552,8 @@ def test_scaling_between_runs_keeps_the_warm_workers_that_fit_and_replaces_the_o
             assert all(r.ok for r in runner.run(rows))  # they wait for the replacement to be warm
             assert runner.stats.started == {stage: 4}
             (last,) = runner.workers.values()
-            (tmp_path / f".warmup-{last.id}").mkdir()  # as a worker stopped while warming up leaves it
-            (tmp_path / f".warmup-{last.id}" / "warmup.wav").write_bytes(b"")
+            warm_up_folder(tmp_path, last.id).mkdir()  # as a worker stopped while warming up leaves it
+            (warm_up_folder(tmp_path, last.id) / "warmup.wav").write_bytes(b"")
     finally:
         runner.close()
     assert not any(w.process.is_alive() for w in runner.workers.values())
