@@ -219,6 +219,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         vocoder=args.tts_vocoder,
         dtype=args.tts_dtype,
         channels_last=args.tts_channels_last,
+        fused_vocoder=args.tts_fused_vocoder,
         packed_lstm=args.tts_packed_lstm,
         vocoder_bucket_frames=args.tts_vocoder_bucket_frames,
         device=args.tts_device,
@@ -258,6 +259,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "device": stage.options.device,
         "dtype": stage.options.dtype,
         "channels_last_layers": stage.channels_last_layers,
+        "fused_vocoder_blocks": stage.fused_blocks,
         "packed_lstm": batchable(stage.tts.tts) and stage.decoder_cells() is not None,
         "threads": torch.get_num_threads(),
         "requests": args.requests,
@@ -336,6 +338,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tts-dtype", default=None, help="float32, bfloat16 or float16 (default: the stage's)")
     parser.add_argument(
         "--tts-channels-last", default=None, help="vocoder convolutions on channels-last views: auto, true, false"
+    )
+    parser.add_argument(
+        "--tts-fused-vocoder", default=None, help="HiFiGAN's activations and additions fused: auto, true, false"
     )
     parser.add_argument(
         "--tts-packed-lstm", default=None, help="batched Tacotron2's LSTM weights packed for oneDNN: auto, true, false"

@@ -10,8 +10,9 @@ text is synthesized sentence by sentence with a short pause between pieces. `dty
 and the vocoder under torch.autocast: on a CPU with AVX-512 BF16 / AMX, Tacotron2 at batch 8 + HiFiGAN then ran
 at 1.8-2.2x float32's throughput (benchmarks/README.md), at bfloat16's precision (about 3 significant digits).
 On a CPU the vocoder's convolutions run on channels-last views (steps.channels_last: no layout copy per layer),
-and the batched decoder's LSTM cells on weights packed once for oneDNN (steps.packed_lstm); the batched path vocodes
-in length buckets, so a serving process builds oneDNN primitives for a few lengths, not one per utterance.
+HiFiGAN's activations and residual additions inside its convolutions (steps.fused_hifigan), and the batched
+decoder's LSTM cells on weights packed once for oneDNN (steps.packed_lstm); the batched path vocodes in length
+buckets, so a serving process builds oneDNN primitives for a few lengths, not one per utterance.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from resources.weights import espnet_hub_id as hub_id
 from steps.base import ItemError, ModelInfo, Stage
 from steps.channels_last import channels_last_convolutions
 from steps.device import pick_device, pick_dtype
+from steps.fused_hifigan import fuse
 from steps.options import TRUE_WORDS, option
 from steps.packed_lstm import packable, packed_cells
 from steps.tacotron_batch import Cell, batchable, bucket, bucketed_vocode, tacotron2_inference, vocode
@@ -75,6 +77,12 @@ class SpeechSynthesisOptions:
     # steps.channels_last: on a CPU the vocoder's convolutions copied their input into oneDNN's layout and back at
     # every layer; on channels-last views HiFiGAN ran 1.3x (float32) to 2.4x (bfloat16) faster, same samples.
     channels_last: str = option("auto", "vocoder convolutions on channels-last views: auto (on CPU), true, false")
+    # steps.fused_hifigan: full-size HiFiGAN, six pieces, 2 threads: bfloat16 9 % less time, float32 4 %; in
+    # bfloat16 a sample may differ from the plain forward's by a unit or two of the last place.
+    fused_vocoder: str = option(
+        "auto", "HiFiGAN's LeakyReLUs and residual additions inside its convolutions: auto (with channels_last), "
+        "true, false"
+    )
     # steps.tacotron_batch.bucketed_vocode: oneDNN builds convolution primitives per input length and caches
     # about a dozen lengths of a HiFiGAN, so exact lengths made nearly every utterance pay for new ones.
     vocoder_bucket_frames: int = option(
@@ -115,6 +123,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
         self.vocoder: LocalModel | None = None
         self.text_to_wave = False
         self.channels_last_layers = 0  # convolutions of the wave generator computed channels-last
+        self.fused_blocks = 0  # HiFiGAN residual blocks computed with oneDNN post-ops (steps.fused_hifigan)
         self.packed: dict[torch.dtype, list[Cell]] = {}  # the decoder's packed LSTM cells, per compute dtype
 
     def setup(self) -> None:
@@ -153,6 +162,14 @@ class EspnetSynthesizer(Stage[str, Speech]):
                 if self.text_to_wave and hasattr(generator, "remove_weight_norm"):
                     generator.remove_weight_norm()
                 self.channels_last_layers += channels_last_convolutions(generator)
+        if _choice(opts.fused_vocoder, auto=self.channels_last_layers > 0):
+            self.fused_blocks = sum(fuse(generator) for generator in self.wave_generators())
+            if not self.fused_blocks and opts.fused_vocoder.strip().lower() != "auto":
+                raise ValueError(
+                    "fused_vocoder needs a parallel_wavegan HiFiGAN with stages of 32 channels or more, on a CPU with "
+                    f"oneDNN and channels_last on (vocoder {opts.vocoder!r}, device {opts.device!r}); set "
+                    "fused_vocoder to auto or false"
+                )
         self.sample_rate = int(self.tts.fs)
         self.tokenizer = self.tts.preprocess_fn.tokenizer
         self.vocab = set(self.tts.preprocess_fn.token_id_converter.token_list)

@@ -240,6 +240,7 @@ def test_full_size_batched_mels_equal_espnet(fixture_caches: FixtureCaches) -> N
     t2s = full.tts
     assert t2s.tts.dec.lstm[0].hidden_size == 1024
     assert full.decoder_cells() is not None  # auto packs full-size cells, float32 included
+    assert full.fused_blocks == 12  # auto on a CPU: every stage of the full-size HiFiGAN (steps.fused_hifigan)
     with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
         single = [t2s(text)["feat_gen"] for text in texts]
         batched = tacotron2_inference(t2s.tts, token_ids(full, texts))
@@ -299,6 +300,7 @@ def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Pa
     assert report["speedup_ceiling"] == pytest.approx(one["rtf"] / report["vocoder_rtf"])
     assert report["warmup_passes"] == 1  # the default: each batch size measured on shapes already seen
     assert report["channels_last_layers"] > 0  # the CPU default: HiFiGAN's convolutions on channels-last views
+    assert report["fused_vocoder_blocks"] == 0  # the tiny HiFiGAN's 16 channels and fewer: its own forward
     # auto: packed in bfloat16 (max_abs_diff above is then measured on the packed cells); the tiny fixture's
     # 32-unit cells stay torch's own in float32, where packing measured slower below 512 units
     assert report["packed_lstm"] is (dtype == "bfloat16")
