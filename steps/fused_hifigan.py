@@ -72,10 +72,10 @@ def is_fused(generator: torch.nn.Module) -> bool:
 
 def fused_forward(self: torch.nn.Module, c: torch.Tensor) -> torch.Tensor:
     """HiFiGANGenerator.forward, with each residual block computed by `_block` (the generator's own forward
-    where autograd is recording, under float16 autocast, or where a block's layers carry forward hooks)."""
-    convs = [pair[1] for block in self.blocks for pair in (*block.convs1, *block.convs2)]
+    where autograd is recording, under float16 autocast, or where hooks other than plain forward pre-hooks
+    would watch a block's layers)."""
     lower = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    if torch.is_grad_enabled() or lower not in (None, torch.bfloat16) or any(conv._forward_hooks for conv in convs):
+    if torch.is_grad_enabled() or lower not in (None, torch.bfloat16) or _watched(self):
         return type(self).forward(self, c)
     c = self.input_conv(c)
     for i in range(self.num_upsamples):
@@ -90,6 +90,17 @@ def fused_forward(self: torch.nn.Module, c: torch.Tensor) -> torch.Tensor:
         assert total is not None
         c = total.div_(self.num_blocks)
     return self.output_conv(c)
+
+
+def _watched(generator: torch.nn.Module) -> bool:
+    """Hooks that a fused block could not run as a layer call would: forward hooks, pre-hooks taking keyword
+    arguments, or hooks registered for every module."""
+    from torch.nn.modules import module
+
+    if module._global_forward_hooks or module._global_forward_pre_hooks:
+        return True
+    convs = [pair[1] for block in generator.blocks for pair in (*block.convs1, *block.convs2)]
+    return any(conv._forward_hooks or conv._forward_pre_hooks_with_kwargs for conv in convs)
 
 
 def _block(block: torch.nn.Module, x: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

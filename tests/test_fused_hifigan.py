@@ -91,6 +91,16 @@ def test_autograd_hooks_and_float16_run_the_generators_own_forward() -> None:
         assert fused_kernels(lambda: fused(mel)) == 0 and seen  # a forward hook sees its layer's call
         assert torch.equal(fused(mel), expected)
     handle.remove()
+    handle = fused.blocks[0].convs2[0][1].register_forward_pre_hook(lambda m, a, kw: None, with_kwargs=True)
+    with torch.inference_mode():
+        assert fused_kernels(lambda: fused(mel)) == 0  # a pre-hook taking keyword arguments
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: None)
+    with torch.inference_mode():
+        assert fused_kernels(lambda: fused(mel)) == 0  # a hook for every module
+    handle.remove()
+    with torch.inference_mode():
+        assert fused_kernels(lambda: fused(mel)) == 12 * 3 * 2  # no hooks left: fused again
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
         assert fused_kernels(lambda: fused(mel)) == 0
 
