@@ -54,16 +54,20 @@ def fusable(generator: torch.nn.Module) -> bool:
     return True
 
 
-def fuse(module: torch.nn.Module) -> int:
-    """Give a HiFiGAN generator (or ESPnet's parallel_wavegan wrapper around one) the fused forward, once;
-    returns how many residual blocks it fuses, 0 where it does not apply."""
-    generator = module.vocoder if isinstance(getattr(module, "vocoder", None), torch.nn.Module) else module
+def fuse(generator: torch.nn.Module) -> int:
+    """Give a HiFiGAN generator (steps.tacotron_batch.batched_hifigan finds it in ESPnet's vocoder wrapper) the
+    fused forward, once; returns how many residual blocks it fuses, 0 where it does not apply."""
     if not fusable(generator):
         return 0
-    fused = sum(block.convs1[0][1].in_channels >= MIN_CHANNELS for block in generator.blocks)
+    fused = sum(map(wide, generator.blocks))
     if fused and not is_fused(generator):
         generator.forward = types.MethodType(fused_forward, generator)
     return fused
+
+
+def wide(block: torch.nn.Module) -> bool:
+    """Whether a residual block has the channels to be fused (MIN_CHANNELS)."""
+    return block.convs1[0][1].in_channels >= MIN_CHANNELS
 
 
 def is_fused(generator: torch.nn.Module) -> bool:
@@ -82,7 +86,7 @@ def fused_forward(self: torch.nn.Module, c: torch.Tensor) -> torch.Tensor:
         c = self.upsamples[i](c)
         # Each block starts with leaky(c): computed once for the three (the same values, one pass instead of three).
         blocks = self.blocks[i * self.num_blocks : (i + 1) * self.num_blocks]
-        act = F.leaky_relu(c, blocks[0].convs1[0][0].negative_slope) if c.size(1) >= MIN_CHANNELS else None
+        act = F.leaky_relu(c, blocks[0].convs1[0][0].negative_slope) if wide(blocks[0]) else None
         total: torch.Tensor | None = None
         for block in blocks:
             out = block(c) if act is None else _block(block, c, act)

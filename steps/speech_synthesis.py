@@ -35,7 +35,15 @@ from steps.device import pick_device, pick_dtype
 from steps.fused_hifigan import fuse
 from steps.options import TRUE_WORDS, option
 from steps.packed_lstm import packable, packed_cells
-from steps.tacotron_batch import Cell, batchable, bucket, bucketed_vocode, tacotron2_inference, vocode
+from steps.tacotron_batch import (
+    Cell,
+    batchable,
+    batched_hifigan,
+    bucket,
+    bucketed_vocode,
+    tacotron2_inference,
+    vocode,
+)
 from steps.zh_text import PUNCTUATION, normalize_numbers, split_sentences
 
 
@@ -163,7 +171,8 @@ class EspnetSynthesizer(Stage[str, Speech]):
                     generator.remove_weight_norm()
                 self.channels_last_layers += channels_last_convolutions(generator)
         if _choice(opts.fused_vocoder, auto=self.channels_last_layers > 0):
-            self.fused_blocks = sum(fuse(generator) for generator in self.wave_generators())
+            generator = None if self.text_to_wave else batched_hifigan(self.tts.vocoder)  # parallel_wavegan's only
+            self.fused_blocks = 0 if generator is None else fuse(generator)
             if not self.fused_blocks and opts.fused_vocoder.strip().lower() != "auto":
                 raise ValueError(
                     "fused_vocoder needs a parallel_wavegan HiFiGAN with stages of 32 channels or more, on a CPU with "
