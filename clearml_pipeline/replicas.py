@@ -29,7 +29,10 @@ class StreamingOptions:
     )
     replica_threads: str = option("auto", "torch threads per replica: auto (cores split among CPU replicas) or 2:1:1")
     max_wait_ms: float = option(20.0, "dynamic batching: how long a worker waits to fill a batch")
-    inbox_batches: int = option(2, "each worker's bounded inbox, in batches (back-pressure); at least 1")
+    inbox_batches: int = option(
+        1, "batches a worker holds, the one it works on included (the rest wait for whichever replica frees first); "
+        "more: fetched ahead, less balanced at the end of a run"
+    )
     retries: int = option(
         1, "times a row is retried after its worker died or was killed; also failed starts of a replacement in a row"
     )

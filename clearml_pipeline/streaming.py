@@ -14,8 +14,9 @@ Why this shape (seed 000's open problems, and issue 12's faults):
 - a replacement that dies or fails while warming up is noticed like any other death; after `retries` failed
   starts in a row, a stage with no live worker left fails its rows with the reason, and the run goes on: the
   finished rows are kept and every row is returned;
-- each worker's inbox is bounded (back-pressure) and workers batch dynamically: they take what is queued, up
-  to the stage's batch size, waiting at most `max_wait_ms` for more;
+- a worker holds a batch at a time (clearml_pipeline.dispatch: the rest wait here for whichever replica frees
+  first), and workers batch dynamically: they take what is queued, up to the stage's batch size, waiting at most
+  `max_wait_ms` for more;
 - each worker reports on a pipe of its own: a worker killed while writing to a queue shared by all would keep
   that queue's lock, and every other worker would block on it for ever;
 - on Ctrl-C the router first reads the batches already waiting in the pipes, so a row finished before the
@@ -41,6 +42,7 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from clearml_pipeline.config import RunConfig
+from clearml_pipeline.dispatch import choose
 from clearml_pipeline.execution import ResultsSink, mark_interrupted
 from clearml_pipeline.interrupts import check_interrupt, child_entry, deferred
 from clearml_pipeline.replicas import StreamingOptions
@@ -209,7 +211,7 @@ class StreamingRunner:
         done: dict[str, ItemResult] = {}
         waiting = deque(zip(rows, arrivals or [0.0] * len(rows), strict=True))
         pending: dict[str, deque[ItemResult]] = {spec.name: deque() for spec in self.stages}
-        self.sent_at: dict[str, float] = {}
+        self.queued_at: dict[str, float] = {}  # when each row began waiting for its current stage
         self.attempts: dict[str, int] = {}
         self.arrived: dict[str, float] = {}
         start = time.monotonic()
@@ -220,7 +222,7 @@ class StreamingRunner:
                     now = time.monotonic() - start
                     while waiting and waiting[0][1] <= now:
                         row, _ = waiting.popleft()
-                        self.arrived[row.id] = time.monotonic()
+                        self.arrived[row.id] = self.queued_at[row.id] = time.monotonic()
                         pending[self.stages[0].name].append(row)
                     self._dispatch(pending)
                     for row, stage_index in self._receive(timeout=0.01):
@@ -257,29 +259,24 @@ class StreamingRunner:
             on_progress(len(rows))
 
     def _dispatch(self, pending: dict[str, deque[ItemResult]]) -> None:
-        """Rows to the least loaded ready worker of their stage, a batch at a time: rows that arrive together
-        (an upstream batch) go to one worker until its last batch is full, not dealt out one by one, so each
-        replica still gets whole batches. Measured (bench, 2 cores, fixtures, speech synthesis x2): dealt one by
-        one, the two replicas ran batches of 4 at 0.28 CPU-s per item, against 0.17-0.19 for batches of 8."""
+        """Waiting rows to ready workers, as clearml_pipeline.dispatch chooses."""
         size = max(1, self.config.runner.batch_size)
+        most = size * max(1, self.options.inbox_batches)
         for spec in self.stages:
             ready = [w for w in self.workers.values() if w.spec is spec and w.ready and w.process.is_alive()]
-            filling: Worker | None = None
-            while pending[spec.name] and ready:
-                if filling is None or filling not in ready or len(filling.held) % size == 0:
-                    filling = min(ready, key=lambda w: len(w.held))
-                worker = filling
+            worker: Worker | None = None
+            while pending[spec.name] and (worker := choose(ready, worker, size, most)):
                 row = pending[spec.name][0]
                 try:
                     worker.inbox.put_nowait(row)
                 except queue.Full:
                     ready.remove(worker)
+                    worker = None
                     continue
                 pending[spec.name].popleft()
                 if not worker.held:  # the deadline counts from when it has something to do
                     worker.progress_at = time.monotonic()
                 worker.held[row.id] = row
-                self.sent_at[row.id] = time.monotonic()
 
     def _receive(self, timeout: float) -> list[tuple[ItemResult, int]]:
         """Read worker messages (one per worker with something to say, waiting up to `timeout` for any); returns
@@ -325,7 +322,7 @@ class StreamingRunner:
         for row in delivery.rows:
             if worker.held.pop(row.id, None) is None:
                 continue  # not its row any more
-            wait_s = max(0.0, delivery.started - self.sent_at.get(row.id, delivery.started))
+            wait_s = max(0.0, delivery.started - self.queued_at.get(row.id, delivery.started))
             self.stats.queue_wait_s.setdefault(name, []).append(wait_s)
             row.latency_s[f"{name}_queue"] = wait_s
             finished.append((row, self.stages.index(worker.spec)))
@@ -336,6 +333,7 @@ class StreamingRunner:
         if last or not row.ok or row.no_speech:
             self._finish(row)
         else:
+            self.queued_at[row.id] = time.monotonic()
             pending[self.stages[stage_index + 1].name].append(row)
 
     def _reap(self, pending: dict[str, deque[ItemResult]]) -> None:

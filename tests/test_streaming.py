@@ -67,9 +67,10 @@ def test_ratios_threads_and_auto_replicas() -> None:
     assert plan(StreamingOptions(replicas="1:1:2"), cpu, 10, lambda: costs)[2] == "given: --replicas 1:1:2"
 
 
-def test_rows_that_arrive_together_go_to_one_replica_a_batch_at_a_time(tmp_path: Path) -> None:
+def test_rows_go_to_replicas_a_whole_batch_at_a_time_and_wait_for_a_free_one(tmp_path: Path) -> None:
     """The router deals a stage's pending rows out a whole batch per replica, so two replicas each get batches
-    of 8 from upstream batches of 8, not 4 and 4 (which cost speech synthesis 1.6x the CPU per item)."""
+    of 8 from upstream batches of 8, not 4 and 4 (which cost speech synthesis 1.6x the CPU per item); a replica
+    holds one batch at a time, so the rest wait for whichever replica delivers first, not in a busy one's inbox."""
     import queue
     from collections import deque
     from types import SimpleNamespace
@@ -82,7 +83,6 @@ def test_rows_that_arrive_together_go_to_one_replica_a_batch_at_a_time(tmp_path:
     alive = SimpleNamespace(is_alive=lambda: True)
     workers = [Worker(i, tts, alive, queue.Queue(maxsize=16), None, ready=True) for i in range(2)]  # type: ignore[arg-type]
     runner.workers = {w.id: w for w in workers}
-    runner.sent_at = {}
     pending = {spec.name: deque() for spec in STAGES}
     pending[tts.name].extend(ItemResult(f"a{i}", "") for i in range(8))
     runner._dispatch(pending)
@@ -90,8 +90,22 @@ def test_rows_that_arrive_together_go_to_one_replica_a_batch_at_a_time(tmp_path:
     pending[tts.name].extend(ItemResult(f"b{i}", "") for i in range(11))
     runner._dispatch(pending)
     assert sorted(workers[1].held) == [f"b{i}" for i in range(8)]  # the next batch: the other replica, whole
-    assert list(workers[0].held)[8:] == ["b8", "b9", "b10"]  # the rest start a batch on the least loaded one
-    assert not pending[tts.name] and [w.inbox.qsize() for w in workers] == [11, 8]
+    assert [row.id for row in pending[tts.name]] == ["b8", "b9", "b10"]  # both busy: the rest wait here
+    workers[1].held.clear()  # the second replica delivers first
+    runner._dispatch(pending)
+    assert list(workers[1].held) == ["b8", "b9", "b10"] and len(workers[0].held) == 8 and not pending[tts.name]
+    pending[tts.name].extend(ItemResult(f"c{i}", "") for i in range(6))
+    runner._dispatch(pending)  # the partial batch is filled up to 8 first
+    assert list(workers[1].held)[3:] == [f"c{i}" for i in range(5)] and [r.id for r in pending[tts.name]] == ["c5"]
+    assert [w.inbox.qsize() for w in workers] == [8, 16]
+
+    prefetch = StreamingRunner(config, StreamingOptions(inbox_batches=2), StepContext(tmp_path, 60.0),
+                               {tts.name: 2}, {tts.name: 1})
+    prefetch.workers = {w.id: w for w in [Worker(i, tts, alive, queue.Queue(maxsize=16), None, ready=True)  # type: ignore[arg-type]
+                                          for i in range(2)]}
+    pending[tts.name].extend(ItemResult(f"d{i}", "") for i in range(40))
+    prefetch._dispatch(pending)  # two batches each may wait in an inbox
+    assert [len(w.held) for w in prefetch.workers.values()] == [16, 16] and len(pending[tts.name]) == 9
 
 
 @pytest.fixture(scope="module")
