@@ -104,7 +104,7 @@ def stage_options(models: str, frames_per_phone: float, **chosen: str | int | No
             vocoder_cache=str(caches.vocoder_cache),
             maxlenratio=frames_per_phone,
         )
-    return replace(options, **{key: value for key, value in chosen.items() if value})
+    return replace(options, **{key: value for key, value in chosen.items() if value is not None})
 
 
 def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
@@ -222,6 +222,8 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         fused_vocoder=args.tts_fused_vocoder,
         packed_lstm=args.tts_packed_lstm,
         vocoder_bucket_frames=args.tts_vocoder_bucket_frames,
+        vocoder_windows=args.tts_vocoder_windows,
+        vocoder_window_frames=args.tts_vocoder_window_frames,
         device=args.tts_device,
     )
     stage = EspnetSynthesizer(options)
@@ -267,6 +269,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_passes": args.warmup_passes,
         "fresh_lengths": args.fresh_lengths,
         "vocoder_bucket_frames": stage.options.vocoder_bucket_frames,
+        "vocoder_window_frames": stage.options.vocoder_window_frames if stage.window_reach() else None,
         "frames_per_phone": args.frames_per_phone if args.models != "hub" else None,
         "batch_sizes": per_batch,
         "speedup": rtfs[0] / rtfs[-1] if rtfs[0] and rtfs[-1] else None,
@@ -330,6 +333,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tts-vocoder-bucket-frames", type=int, default=None, help="vocoder input padded to a multiple; 1: exact"
     )
+    parser.add_argument(
+        "--tts-vocoder-windows", default=None, help="auto, true or false: long vocoder inputs in overlapping windows"
+    )
+    parser.add_argument("--tts-vocoder-window-frames", type=int, default=None, help="the windows' length in frames")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 leaves torch's default")
     parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")
     parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")

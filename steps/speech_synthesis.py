@@ -41,8 +41,10 @@ from steps.tacotron_batch import (
     batched_hifigan,
     bucket,
     bucketed_vocode,
+    reach_frames,
     tacotron2_inference,
     vocode,
+    windowed_vocode,
 )
 from steps.zh_text import PUNCTUATION, normalize_numbers, split_sentences
 
@@ -96,6 +98,14 @@ class SpeechSynthesisOptions:
     vocoder_bucket_frames: int = option(
         32, "batched path: HiFiGAN input padded (masked, same samples) to a multiple of this many frames; 1: exact"
     )
+    # steps.tacotron_batch.windowed_vocode: 90 pieces at random lengths of 32-999 frames, full-size HiFiGAN, bfloat16
+    # (AMX), 2 threads, the last 60 timed: 119 s in 32-frame buckets (oneDNN's cache keeps ~12 of the 31 lengths),
+    # 15 s in 384-frame windows; the samples identical.
+    vocoder_windows: str = option(
+        "auto", "a HiFiGAN input longer than vocoder_window_frames vocoded in overlapping windows of that length "
+        "(same samples, one input length): auto (a HiFiGAN vocoded piece by piece, the CPU default), true, false"
+    )
+    vocoder_window_frames: int = option(384, "the windows' length in frames (more than twice the HiFiGAN's reach)")
     # steps.packed_lstm: the batched decoder's LSTM products on weights packed once for oneDNN. Full-size CSMSC
     # Tacotron2, 8 pieces, 2 threads: decoding took 0.92 -> 0.80 s in bfloat16 (same mels bit for bit) and
     # 1.23 -> 0.99 s in float32 (within 2e-6). ESPnet's own path (batch_size 1) is left as ESPnet runs it.
@@ -132,6 +142,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
         self.text_to_wave = False
         self.channels_last_layers = 0  # convolutions of the wave generator computed channels-last
         self.fused_blocks = 0  # HiFiGAN residual blocks computed with oneDNN post-ops (steps.fused_hifigan)
+        self.vocoder_reach = 0  # the HiFiGAN's reach per side in frames, once windows need it
         self.packed: dict[torch.dtype, list[Cell]] = {}  # the decoder's packed LSTM cells, per compute dtype
 
     def setup(self) -> None:
@@ -179,6 +190,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
                     f"oneDNN and channels_last on (vocoder {opts.vocoder!r}, device {opts.device!r}); set "
                     "fused_vocoder to auto or false"
                 )
+        self.window_reach()  # unusable window options stop here, before any item
         self.sample_rate = int(self.tts.fs)
         self.tokenizer = self.tts.preprocess_fn.tokenizer
         self.vocab = set(self.tts.preprocess_fn.token_id_converter.token_list)
@@ -276,11 +288,32 @@ class EspnetSynthesizer(Stage[str, Speech]):
             feats = [denormalized(model, d.feat_gen) for d in decoded]
             if self.batch_vocoder():
                 batch_waves = vocode(self.tts.vocoder, feats, multiple=opts.vocoder_bucket_frames)
+            elif reach := self.window_reach():
+                batch_waves = windowed_vocode(
+                    self.tts.vocoder, feats, opts.vocoder_window_frames, reach, opts.vocoder_bucket_frames
+                )
             else:
                 batch_waves = bucketed_vocode(self.tts.vocoder, feats, opts.vocoder_bucket_frames)
             for i, wave in zip(group, batch_waves, strict=True):
                 waves[i] = wave.float().cpu().numpy().reshape(-1)
         return waves
+
+    def window_reach(self) -> int:
+        """With `vocoder_windows` on: the HiFiGAN's reach per side in frames, which windows overlap by (read from
+        the generator once); 0 without windows."""
+        opts = self.options
+        generator = None if self.text_to_wave else batched_hifigan(self.tts.vocoder)
+        if not _choice(opts.vocoder_windows, auto=generator is not None and not self.batch_vocoder()):
+            return 0
+        if generator is None:
+            raise ValueError(
+                f"vocoder_windows needs a parallel_wavegan HiFiGAN (vocoder {opts.vocoder!r}); set it to auto or false"
+            )
+        if not self.vocoder_reach:
+            with torch.inference_mode():
+                self.vocoder_reach = reach_frames(generator)
+        windowed_vocode(self.tts.vocoder, [], opts.vocoder_window_frames, self.vocoder_reach, 1)  # checks the length
+        return self.vocoder_reach
 
     def pack_lstm(self) -> bool:
         """Whether the batched decoder runs on packed LSTM weights: `packed_lstm` true, or auto where packing

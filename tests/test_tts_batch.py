@@ -26,9 +26,11 @@ from steps.tacotron_batch import (
     bucket,
     bucketed_vocode,
     prenet_dropout,
+    reach_frames,
     receptive_field,
     tacotron2_inference,
     vocode,
+    windowed_vocode,
 )
 from tests.configs import fixture_config
 
@@ -182,19 +184,79 @@ def test_bucketed_vocoding_pads_each_piece_to_whole_buckets_with_a_lone_calls_sa
 
 
 def test_the_stage_vocodes_piece_by_piece_in_buckets_as_on_exact_lengths(stage: EspnetSynthesizer) -> None:
-    """The CPU default (one vocoder call per piece) with `vocoder_bucket_frames` 32 and 1 (exact lengths)."""
+    """The CPU path (one vocoder call per piece) with `vocoder_bucket_frames` 32 and 1 (exact lengths), no windows."""
     saved = stage.options
     outputs: dict[int, list[Speech | ItemError]] = {}
     try:
         with prenet_dropout(stage.tts.tts, 0.0):
             for frames in (32, 1):
-                stage.options = replace(saved, batch_vocoder="false", vocoder_bucket_frames=frames)
+                stage.options = replace(
+                    saved, batch_vocoder="false", vocoder_windows="false", vocoder_bucket_frames=frames
+                )
                 with vocoder_input_widths(stage.tts.vocoder) as widths:
                     outputs[frames] = stage.process(TEXTS)
                 assert len(widths) == len(TEXTS) and all(w % 32 == 0 for w in widths) == (frames == 32)
     finally:
         stage.options = saved
     for ours, theirs in zip(outputs[32], outputs[1], strict=True):
+        assert isinstance(ours, Speech) and isinstance(theirs, Speech)
+        assert ours.samples.shape == theirs.samples.shape
+        assert float(np.abs(ours.samples - theirs.samples).max()) <= 1e-5
+
+
+def test_the_reach_bounds_how_far_an_input_frame_moves_the_samples(stage: EspnetSynthesizer) -> None:
+    """reach_frames, which windowed vocoding overlaps by, is at least how far one changed input frame moves the
+    samples, on both sides."""
+    generator = batched_hifigan(stage.tts.vocoder)
+    assert generator is not None
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        reach = reach_frames(generator)
+        mel = torch.randn(1, 80, 4 * reach + 1)
+        moved = mel.clone()
+        moved[..., 2 * reach] += 1.0
+        before, after = generator(mel).view(-1), generator(moved).view(-1)
+    hop = before.numel() // mel.size(-1)
+    changed = (before != after).nonzero().view(-1)
+    assert len(changed) > 0
+    assert int(changed.min()) >= reach * hop and int(changed.max()) < (3 * reach + 1) * hop
+    assert int(changed.min()) < (reach + 4) * hop  # and no looser than 4 frames (HiFiGAN's blocks side by side)
+
+
+def test_windowed_vocoding_gives_a_lone_calls_samples_on_one_input_length(stage: EspnetSynthesizer) -> None:
+    t2s = stage.tts
+    generator = batched_hifigan(t2s.vocoder)
+    assert generator is not None
+    torch.manual_seed(1)
+    with torch.inference_mode(), prenet_dropout(t2s.tts, 0.0):
+        reach = reach_frames(generator)
+        window = 2 * reach + 24
+        feats = [t2s(text)["feat_gen_denorm"] for text in TEXTS] + [torch.randn(n, 80) for n in (3 * window, 5)]
+        single = [t2s.vocoder(f).view(-1) for f in feats]
+        with vocoder_input_widths(t2s.vocoder) as widths:
+            windowed = windowed_vocode(t2s.vocoder, feats, window, reach, 8)
+    assert max(len(f) for f in feats) > 2 * window  # a piece of three windows or more
+    assert all(w == window or (w % 8 == 0 and w <= window) for w in widths) and widths.count(window) >= 3
+    for one, ours in zip(single, windowed, strict=True):
+        assert len(ours) == len(one)
+        assert float((ours - one).abs().max()) <= 1e-5
+    with pytest.raises(ValueError, match="nothing between two reaches"):
+        windowed_vocode(t2s.vocoder, feats, 2 * reach, reach, 8)
+
+
+def test_the_stage_vocodes_long_pieces_in_windows_as_on_exact_lengths(stage: EspnetSynthesizer) -> None:
+    saved = stage.options
+    try:
+        with prenet_dropout(stage.tts.tts, 0.0):
+            stage.options = replace(saved, batch_vocoder="false", vocoder_windows="false", vocoder_bucket_frames=1)
+            exact = stage.process(TEXTS)
+            stage.options = replace(saved, batch_vocoder="false", vocoder_windows="true", vocoder_window_frames=96)
+            with vocoder_input_widths(stage.tts.vocoder) as widths:
+                windowed = stage.process(TEXTS)
+    finally:
+        stage.options = saved
+    assert stage.vocoder_reach > 0 and max(widths) == 96 and len(widths) > len(TEXTS)
+    for ours, theirs in zip(windowed, exact, strict=True):
         assert isinstance(ours, Speech) and isinstance(theirs, Speech)
         assert ours.samples.shape == theirs.samples.shape
         assert float(np.abs(ours.samples - theirs.samples).max()) <= 1e-5

@@ -83,6 +83,17 @@ def test_the_stage_synthesizes_with_multi_band_melgan_batched_like_one_by_one(me
         assert float(np.abs(ours.samples - theirs.samples).max()) <= 1e-5
 
 
+def test_vocoder_windows_need_a_hifigan(melgan: EspnetSynthesizer) -> None:
+    """Windows overlap by a HiFiGAN's receptive field; on another vocoder the option stops with a clear error."""
+    saved, melgan.options = melgan.options, replace(melgan.options, vocoder_windows="true")
+    try:
+        with pytest.raises(ValueError, match="vocoder_windows needs a parallel_wavegan HiFiGAN"):
+            melgan.window_reach()
+    finally:
+        melgan.options = saved
+    assert melgan.window_reach() == 0  # auto: no windows for it
+
+
 def test_zoo_names_resolve_to_their_hub_mirror(tmp_path: Path) -> None:
     assert hub_id(ZOO_TAG) == FASTSPEECH2_ID
     assert hub_id("kan-bayashi/csmsc_tts_train_tacotron2_raw_phn_pypinyin_g2p_phone_train.loss.best") == (
