@@ -324,6 +324,8 @@ def reach_frames(generator: torch.nn.Module, frames: int = 8) -> int:
     finally:
         for handle in handles:
             handle.remove()
+    if len(lengths) < len(convs):  # a convolution that ran past its hooks would be missing from the sum
+        raise RuntimeError(f"{len(convs) - len(lengths)} of the generator's convolutions were not seen on the probe")
 
     def samples(module: torch.nn.Module) -> float:  # its reach, in output samples
         k, d, p = module.kernel_size[0], module.dilation[0], module.padding[0]
@@ -335,7 +337,7 @@ def reach_frames(generator: torch.nn.Module, frames: int = 8) -> int:
 
     blocks, per = getattr(generator, "blocks", None) or [], getattr(generator, "num_blocks", 0) or 1
     inside = {m for block in blocks for m in block.modules()}
-    field = sum(samples(m) for m in convs if m not in inside and m in lengths)
+    field = sum(samples(m) for m in convs if m not in inside)
     each = [sum(samples(m) for m in block.modules() if m in lengths) for block in blocks]
     field += sum(max(each[i : i + per]) for i in range(0, len(each), per))
     return math.ceil(field / (total // frames))
