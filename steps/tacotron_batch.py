@@ -312,18 +312,9 @@ def reach_frames(generator: torch.nn.Module, frames: int = 8) -> int:
     """How many input frames on either side can move an output sample: each convolution's reach to either side
     at its own resolution (read on a probe call), summed along the path, where the residual blocks of a HiFiGAN
     stage, which read the same input side by side and are averaged, count as the farthest of them."""
-    lengths: dict[torch.nn.Module, int] = {}
+    seen, total = probe_lengths(generator, frames)
+    lengths = dict(reversed(seen))  # a layer called twice keeps its first call's length
     convs = [m for m in generator.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
-
-    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        lengths.setdefault(module, args[0].size(-1))
-
-    handles = [m.register_forward_pre_hook(hook) for m in convs]
-    try:
-        total = generator(next(generator.parameters()).new_zeros(1, convs[0].in_channels, frames)).size(-1)
-    finally:
-        for handle in handles:
-            handle.remove()
     if len(lengths) < len(convs):  # a convolution that ran past its hooks would be missing from the sum
         raise RuntimeError(f"{len(convs) - len(lengths)} of the generator's convolutions were not seen on the probe")
 
@@ -347,10 +338,23 @@ def receptive_field(generator: torch.nn.Module, frames: int = 8) -> int:
     """An upper bound on how many output samples before an item's end can see what lies beyond it: the sum,
     over every convolution, of its right-hand reach in output samples (measured on a probe call, so each
     layer's resolution is read, not assumed). Without masks, batched waves may differ only there."""
-    reach: list[tuple[torch.nn.Module, int]] = []
+    reach, total = probe_lengths(generator, frames)
+    field = 0
+    for module, length in reach:
+        if isinstance(module, torch.nn.ConvTranspose1d):  # output o reads inputs up to (o + padding) // stride
+            field += module.padding[0] * total // (length * module.stride[0])
+        else:
+            field += module.dilation[0] * (module.kernel_size[0] - 1) // 2 * total // length
+    return field
+
+
+def probe_lengths(generator: torch.nn.Module, frames: int) -> tuple[list[tuple[torch.nn.Module, int]], int]:
+    """Each convolution the generator calls on `frames` zero frames, with its input length, in call order, and
+    the output's length in samples: the layers' resolutions, read rather than assumed."""
+    seen: list[tuple[torch.nn.Module, int]] = []
 
     def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        reach.append((module, args[0].size(-1)))
+        seen.append((module, args[0].size(-1)))
 
     convs = [m for m in generator.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
     handles = [m.register_forward_pre_hook(hook) for m in convs]
@@ -360,13 +364,7 @@ def receptive_field(generator: torch.nn.Module, frames: int = 8) -> int:
     finally:
         for handle in handles:
             handle.remove()
-    field = 0
-    for module, length in reach:
-        if isinstance(module, torch.nn.ConvTranspose1d):  # output o reads inputs up to (o + padding) // stride
-            field += module.padding[0] * total // (length * module.stride[0])
-        else:
-            field += module.dilation[0] * (module.kernel_size[0] - 1) // 2 * total // length
-    return field
+    return seen, total
 
 
 @contextmanager
