@@ -7,6 +7,7 @@ accounts for every row a worker holds, so a worker keeps no state worth saving.
 
 from __future__ import annotations
 
+import logging
 import queue
 import shutil
 import time
@@ -21,8 +22,11 @@ import numpy as np
 from clearml_pipeline.execution import run_group
 from clearml_pipeline.logs import quiet_libraries
 from clearml_pipeline.memory import freeze_loaded_objects, retain_freed_memory
+from data_prep.samples import DEFAULT_OUTPUT as SAMPLES
 from steps.results import ItemResult
 from steps.stages import StageSpec, StepContext, build_stage, stage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +44,11 @@ class Delivery:
 # sentence of the length Whisper gives, and Chinese text of one whole piece (speech synthesis splits at 50 characters).
 WARM_UP_EN = "Tomorrow morning we are going to take the early train to the coast and spend the day on the beach."
 WARM_UP_ZH = "明天早上我们要坐早班火车去海边然后在沙滩上待一整天晚上再回到城里和朋友们一起去餐馆吃一顿丰盛的晚饭"
+# Speech for speech translation's warm-up: two of the Spanish clips shipped in samples/, joined (5.9 s). Noise
+# would not do: Silero VAD finds no speech in it, so Whisper never ran in the warm-up and the first real batch was
+# its first call (measured, bench, fixtures, 2 cores: 20,000-24,000 page faults and 0.25 s of system time in the
+# streaming run's first speech translation batch, 0.86-0.95 CPU-s against 0.63-0.70 for the next ones).
+WARM_UP_SPEECH = (SAMPLES / "es_01_cafe.wav", SAMPLES / "es_02_tren.wav")
 
 
 def warm_up_folder(out: Path, worker_id: int) -> Path:
@@ -47,8 +56,28 @@ def warm_up_folder(out: Path, worker_id: int) -> Path:
     return out / f".warmup-{worker_id}"
 
 
+def warm_up_clips(folder: Path, cuts: list[float]) -> list[Path]:
+    """One clip per cut into `folder`: WARM_UP_SPEECH joined, cut to that fraction of its length (speech of
+    different lengths, as a real batch has); noise where the samples are missing (a checkout without them)."""
+    import soundfile as sf
+
+    from resources.audio import AudioError, load_audio
+
+    try:
+        speech = np.concatenate([load_audio(path).samples for path in WARM_UP_SPEECH])
+    except AudioError:
+        log.warning("warm-up: %s missing; speech translation warms up on noise (no speech: Whisper stays cold)",
+                    WARM_UP_SPEECH[0].parent)
+        speech = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1
+    clips = []
+    for k, fraction in enumerate(cuts):
+        clips.append(folder / f"warmup-{k}.wav")
+        sf.write(clips[-1], speech[: round(len(speech) * fraction)], 16_000)
+    return clips
+
+
 def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows: int = 1) -> None:
-    """Run `rows` synthetic rows (a noise clip passes the silence gate) through the stage's whole path.
+    """Run `rows` synthetic rows through the stage's whole path: Spanish speech, English and Chinese text.
 
     A worker warms up on a whole batch of long inputs of different lengths: the first real batch then finds its
     memory mapped and its shapes' oneDNN primitives built. Measured (bench, fixtures, 2 cores, 48 requests):
@@ -59,19 +88,18 @@ def warm_up(built: Any, spec: StageSpec, ctx: StepContext, worker_id: int, rows:
 
     In a folder of its own under OUT, removed after: a replacement warms up while the run writes OUT/audio, and
     no real item's file may be touched."""
-    import soundfile as sf
-
     own = warm_up_folder(ctx.out, worker_id)
     own.mkdir(parents=True, exist_ok=True)
-    source = own / "warmup.wav"
-    noise = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1
-    sf.write(source, noise, 16_000)
     n = max(1, rows)
-    # From the whole text down to half of it: items of one batch stop at different steps, so the batch shrinks
+    # From the whole input down to half of it: items of one batch stop at different steps, so the batch shrinks
     # through every size as real ones do (each size's shapes built here, not in the first real batch).
     cut = [1.0 - 0.5 * k / max(n - 1, 1) for k in range(n)]
-    batch = [ItemResult(id=f"warmup-{k}", source=str(source), en_text=WARM_UP_EN[: round(len(WARM_UP_EN) * f)],
-                        zh_text=WARM_UP_ZH[: round(len(WARM_UP_ZH) * f)]) for k, f in enumerate(cut)]
+    clips = warm_up_clips(own, cut)
+    batch = [
+        ItemResult(id=f"warmup-{k}", source=str(clip), en_text=WARM_UP_EN[: round(len(WARM_UP_EN) * f)],
+                   zh_text=WARM_UP_ZH[: round(len(WARM_UP_ZH) * f)])
+        for k, (f, clip) in enumerate(zip(cut, clips, strict=True))
+    ]
     try:
         run_group([(spec, built)], batch, replace(ctx, out=own), close=False)
     finally:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from clearml_pipeline import stream_worker
 from clearml_pipeline.config import RunConfig
+from clearml_pipeline.stream_worker import warm_up
 from resources.audio import Audio, load_audio
 from steps.base import ItemError, ModelInfo, Stage
 from steps.machine_translation import MarianTranslator
 from steps.speech_synthesis import EspnetSynthesizer
 from steps.speech_translation import WhisperTranslator
+from steps.stages import StepContext, stage
 from tests.configs import fixture_config
 from tests.speech import speak, tone
 
@@ -90,6 +94,32 @@ def test_whisper_silence_is_no_speech_and_never_reaches_the_model(
     monkeypatch.setattr(whisper.model, "generate", lambda *a, **k: pytest.fail("silence reached the model"))
     (result,) = whisper.run([silence])
     assert result.ok and result.output.no_speech and result.output.text == ""
+
+
+def test_the_streaming_warm_up_reaches_whisper_with_speech_of_different_lengths(
+    whisper: WhisperTranslator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker's warm-up once fed a noise clip: the real Silero VAD found no speech in it, so Whisper first ran
+    # on the first real batch. Now every warm-up row is speech (the shipped samples, cut), and each reaches Whisper.
+    segments: list[int] = []
+    translate = whisper.translate_segments
+
+    def counting(pieces: Sequence[Audio]) -> list[str]:
+        segments.extend(len(p.samples) for p in pieces)
+        return translate(pieces)
+
+    monkeypatch.setattr(whisper, "translate_segments", counting)
+    spec = stage("speech_translation")
+    warm_up(whisper, spec, StepContext(tmp_path, 60.0), worker_id=1, rows=4)
+    assert len(segments) == 4 and segments == sorted(segments, reverse=True) and len(set(segments)) == 4
+    assert segments[-1] >= 16_000 * 2  # the shortest is half of 5.9 s of speech, VAD padding aside
+    assert list(tmp_path.iterdir()) == []  # the warm-up folder is gone
+
+    segments.clear()  # without the samples (a checkout that lacks them): noise, said in the log, Whisper cold
+    monkeypatch.setattr(stream_worker, "WARM_UP_SPEECH", (tmp_path / "missing.wav",))
+    with caplog.at_level(logging.WARNING, logger=stream_worker.__name__):
+        warm_up(whisper, spec, StepContext(tmp_path, 60.0), worker_id=1, rows=2)
+    assert segments == [] and "warms up on noise" in caplog.text
 
 
 def test_whisper_rejects_audio_at_the_wrong_rate(whisper: WhisperTranslator) -> None:
