@@ -61,18 +61,18 @@ def warm_up_clips(folder: Path, cuts: list[float]) -> list[Path]:
     different lengths, as a real batch has); noise where the samples are missing (a checkout without them)."""
     import soundfile as sf
 
-    from resources.audio import AudioError, load_audio
+    from resources.audio import WHISPER_SAMPLE_RATE, AudioError, load_audio
 
     try:
         speech = np.concatenate([load_audio(path).samples for path in WARM_UP_SPEECH])
     except AudioError:
         log.warning("warm-up: %s missing; speech translation warms up on noise (no speech: Whisper stays cold)",
                     WARM_UP_SPEECH[0].parent)
-        speech = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1
+        speech = np.random.default_rng(0).standard_normal(WHISPER_SAMPLE_RATE * 2).astype(np.float32) * 0.1
     clips = []
     for k, fraction in enumerate(cuts):
         clips.append(folder / f"warmup-{k}.wav")
-        sf.write(clips[-1], speech[: round(len(speech) * fraction)], 16_000)
+        sf.write(clips[-1], speech[: round(len(speech) * fraction)], WHISPER_SAMPLE_RATE)
     return clips
 
 

@@ -41,6 +41,7 @@ from steps.tacotron_batch import (
     batched_hifigan,
     bucket,
     bucketed_vocode,
+    check_window,
     reach_frames,
     tacotron2_inference,
     vocode,
@@ -312,7 +313,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
         if not self.vocoder_reach:
             with torch.inference_mode():
                 self.vocoder_reach = reach_frames(generator)
-        windowed_vocode(self.tts.vocoder, [], opts.vocoder_window_frames, self.vocoder_reach, 1)  # checks the length
+        check_window(opts.vocoder_window_frames, self.vocoder_reach)
         return self.vocoder_reach
 
     def pack_lstm(self) -> bool:

@@ -288,8 +288,7 @@ def windowed_vocode(
     call at a new length cost 6-10x a call at a length it had seen (full-size HiFiGAN, bfloat16: 7.3 s against
     1.2 s at 992 frames, keeping 0.65-0.9 MB per frame of length), and its cache keeps about 12 lengths of a
     HiFiGAN, fewer than the 31 buckets that real speech meets."""
-    if window <= 2 * reach:
-        raise ValueError(f"vocoder windows of {window} frames leave nothing between two reaches of {reach} frames")
+    check_window(window, reach)
     waves = []
     for feat in feats:
         if len(feat) <= window:
@@ -306,6 +305,12 @@ def windowed_vocode(
             kept = keep
         waves.append(torch.cat(parts))
     return waves
+
+
+def check_window(window: int, reach: int) -> None:
+    """Windows must leave room between the reaches at their two ends, or no sample of a window could be kept."""
+    if window <= 2 * reach:
+        raise ValueError(f"vocoder windows of {window} frames leave nothing between two reaches of {reach} frames")
 
 
 def reach_frames(generator: torch.nn.Module, frames: int = 8) -> int:
