@@ -15,10 +15,12 @@ import itertools
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from clearml_pipeline.stream_worker import warm_up
 from clearml_pipeline.vad_plots import plot_vad
 from resources.audio import WHISPER_SAMPLE_RATE, Audio, load_audio
 from steps import ct2
@@ -30,6 +32,7 @@ from steps.speech_translation import (
     whisper_for,
 )
 from steps.stages import StepContext, speech_translation_step
+from steps.stages import stage as stage_spec
 from steps.vad import Segment, VadSettings, group_regions, speech_regions
 from steps.whisper_decoding import compression_ratio
 from tests import real_models
@@ -175,6 +178,24 @@ def test_spanish_speech_comes_out_as_english_like_text_that_does_not_loop(
             assert compression_ratio(text) < 2.4 and len(text) < 200, text  # 2-3 s of speech: a sentence
             ((start, end),) = result.output.segments
             assert 0 <= start < end <= clip.seconds + 1e-3
+
+
+def test_the_streaming_warm_up_speaks_to_the_real_model(
+    stage: FasterWhisperTranslator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's warm-up must make the model decode (its first real batch is otherwise its first call): on real
+    # weights, each warm-up clip (the shipped samples, cut) comes out of whisper-base as English-like text.
+    seen: list[Any] = []
+    run = stage.run
+
+    def recording(inputs: Any) -> Any:
+        seen.extend(results := run(inputs))
+        return results
+
+    monkeypatch.setattr(stage, "run", recording)
+    warm_up(stage, stage_spec("speech_translation"), StepContext(tmp_path, 60.0), worker_id=0, rows=2)
+    texts = [r.output.text for r in seen if r.ok]
+    assert len(texts) == 2 and all(english_like(t) for t in texts), texts
 
 
 def test_tones_noise_and_silence_are_no_speech_with_and_without_the_vad(
