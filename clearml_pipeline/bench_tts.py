@@ -3,9 +3,10 @@
 python -m clearml_pipeline bench-tts --models fixtures-full --batch-sizes 1,8 --requests 16 --output OUT
 
 One loaded stage (EspnetSynthesizer) synthesizes `--requests` texts (registry.fixtures.corpus.CHINESE, cycled)
-in calls of `--items-per-call` items, once per batch size after `--warmup-passes` untimed passes over the same
-texts at that size (shapes seen, as a serving process has seen them); OUT/bench_tts.json has, per
-batch size, items_per_s, rtf (synthesis seconds / audio seconds) and audio_seconds, plus max_abs_diff: the
+in calls of `--items-per-call` items: `--warmup-passes` untimed passes over the same texts at each size (shapes
+seen, as a serving process has seen them), then `--repeats` timed passes at that size, one size after the other.
+OUT/bench_tts.json has, per batch size, the median pass's items_per_s, rtf (synthesis seconds
+/ audio seconds) and audio_seconds, with every pass's rtf (rtf_passes), plus max_abs_diff: the
 largest difference between the batched mels and ESPnet's own one-at-a-time Text2Speech mels with the prenet's
 inference dropout off, both in the stage's dtype (and max_abs_diff_wave for the vocoder on the same mels;
 under bfloat16 max_abs_diff_float32, the batched mels against ESPnet's float32 ones), and acoustic_rtf / vocoder_rtf:
@@ -15,7 +16,7 @@ default), were batched decoding free.
 
 Every timed pass repeats its warm-up's texts, so every shape has been seen, as in a process that serves the same
 texts again. `--fresh-lengths` times each batch size on decode lengths no earlier pass used instead (fixtures:
-frames per phone + 0.25 x (k + 1) for the k-th batch size), as a serving process meets new utterances: oneDNN
+frames per phone + 0.25 x (k + 1) for the k-th timed pass), as a serving process meets new utterances: oneDNN
 then builds primitives for new input lengths, which the stage's `vocoder_bucket_frames` bounds. speedup is the
 ratio of the rtfs (of items/s where the audio is the same).
 
@@ -30,6 +31,7 @@ per phone).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -199,6 +201,13 @@ def measure(stage: Any, texts: list[str], items_per_call: int) -> dict[str, Any]
     }
 
 
+def median_pass(timed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pass with the median rtf (the lower of the two middle ones for an even count: a pass that ran), with
+    every pass's rtf in the order they ran."""
+    ranked = sorted(timed, key=lambda p: p["rtf"] if p["rtf"] is not None else float("inf"))
+    return {**ranked[(len(ranked) - 1) // 2], "rtf_passes": [p["rtf"] for p in timed]}
+
+
 def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -230,21 +239,28 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     stage.ensure_ready()
     texts = [CHINESE[i % len(CHINESE)] for i in range(args.requests)]
     stage.run(texts[:1])  # warm-up: first-call allocations and lazy imports stay out of the figures
-    per_batch: dict[str, Any] = {}
+    passes: dict[str, list[dict[str, Any]]] = {str(size): [] for size in args.batch_sizes}
+    fresh = itertools.count()
     with objects_frozen():  # as every runtime's loop runs (clearml_pipeline.memory)
-        for index, size in enumerate(args.batch_sizes):
+        # One size at a time, as a serving process runs one: ESPnet's own path (batch 1) vocodes exact lengths and
+        # the batched one windows and buckets, and the two together outgrow oneDNN's primitive cache (measured,
+        # full-size, bfloat16: with the sizes taking turns, batch 1's rtf went from 0.27-0.32 to 0.41-0.43, batch 8's
+        # from 0.09-0.10 to 0.33-0.34; with ONEDNN_PRIMITIVE_CACHE_CAPACITY=8192 they stayed at 0.32 and 0.09-0.10).
+        for size in args.batch_sizes:
             stage.options = replace(stage.options, batch_size=size)
             # Untimed passes over the same texts first: the first call at each new shape builds its oneDNN
             # primitives, so without them whichever batch size ran first paid for shapes the next one reused
             # (measured: FastSpeech2, never batched, ran 1.3-1.6x faster at the second batch size than the first).
             for _ in range(args.warmup_passes):
                 measure(stage, texts, args.items_per_call)
-            if args.fresh_lengths:  # the timed pass decodes lengths that no pass before it has
-                decode_ratio(stage, fresh_ratio(args.frames_per_phone, index))
-            per_batch[str(size)] = measure(stage, texts, args.items_per_call)
-            if args.fresh_lengths:  # the next warm-up and the checks below run at --frames-per-phone again
-                decode_ratio(stage, options.maxlenratio)
-            print(f"bench-tts: batch {size}: {per_batch[str(size)]}")
+            for repeat in range(args.repeats):
+                if args.fresh_lengths:  # the timed pass decodes lengths that no pass before it has
+                    decode_ratio(stage, fresh_ratio(args.frames_per_phone, next(fresh)))
+                passes[str(size)].append(measure(stage, texts, args.items_per_call))
+                if args.fresh_lengths:  # the next pass's checks below run at --frames-per-phone again
+                    decode_ratio(stage, options.maxlenratio)
+                print(f"bench-tts: batch {size}, pass {repeat + 1}: {passes[str(size)][-1]}")
+    per_batch = {size: median_pass(timed) for size, timed in passes.items()}
     diffs = equivalence(stage, list(CHINESE[: args.check_items]))
     parts = components(stage, texts[: args.items_per_call])
     # rtf, not items/s: with --fresh-lengths each batch size decodes slightly different lengths (the same
@@ -273,6 +289,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_phone": args.frames_per_phone if args.models != "hub" else None,
         "batch_sizes": per_batch,
         "speedup": rtfs[0] / rtfs[-1] if rtfs[0] and rtfs[-1] else None,
+        "repeats": args.repeats,
         "speedup_ceiling": first_rtf / vocoder_rtf if piecewise and first_rtf and vocoder_rtf else None,
         "acoustic_rtf": parts["acoustic_rtf"],
         "vocoder_rtf": vocoder_rtf,
@@ -289,8 +306,9 @@ FRESH_STEP = 0.25  # frames per phone added to each timed pass under --fresh-len
 
 
 def fresh_ratio(frames_per_phone: float, index: int) -> float:
-    """The decode ratio of the `index`-th batch size's timed pass under --fresh-lengths: int(len x ratio) then
-    differs from the warm-up's and every other timed pass's length for any piece of 4 tokens or more."""
+    """The decode ratio of the `index`-th timed pass (0, 1, ... in the order they run) under --fresh-lengths:
+    int(len x ratio) then differs from the warm-up's and every other timed pass's length for any piece of 4 tokens
+    or more."""
     return frames_per_phone + FRESH_STEP * (index + 1)
 
 
@@ -317,17 +335,29 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1: {text!r}")
+    return int(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", choices=("hub", "fixtures", "fixtures-full"), default="fixtures-full")
     parser.add_argument("--batch-sizes", type=_sizes, default=[1, 8], help="comma separated, e.g. 1,8")
     parser.add_argument("--requests", type=int, default=16, help="Chinese texts synthesized per batch size")
     parser.add_argument("--items-per-call", type=int, default=8, help="items per stage call (the runner's batch)")
     parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes before each batch size is timed")
+    parser.add_argument(
+        "--repeats",
+        type=_positive,
+        default=3,
+        help="timed passes per batch size; each size reports its median pass (the spread is in rtf_passes)",
+    )
     parser.add_argument("--frames-per-phone", type=float, default=FRAMES_PER_PHONE, help="fixture decode length")
     parser.add_argument(
         "--fresh-lengths",
         action="store_true",
-        help="fixtures: time each batch size on decode lengths no earlier pass used (frames per phone + 0.25 x k), "
+        help="fixtures: time each pass on decode lengths no earlier pass used (frames per phone + 0.25 x k), "
         "as a serving process meets new utterances; the warm-up still runs the texts at --frames-per-phone",
     )
     parser.add_argument(
@@ -373,10 +403,14 @@ def format_table(report: dict[str, Any]) -> str:
     vocoder = "n/a" if report["vocoder_rtf"] is None else f"{report['vocoder_rtf']:.3f}"
     waves = "n/a" if report["max_abs_diff_wave"] is None else f"{report['max_abs_diff_wave']:.2e}"
     lines.append(f"alone, one piece at a time: acoustic model rtf {report['acoustic_rtf']:.3f}, vocoder rtf {vocoder}")
-    lines.append(
-        f"speedup {report['speedup']:.2f}x, max_abs_diff {mels} (mels), "
-        f"{waves} (waves); {report['threads']} thread(s), {report['dtype']}"
+    passes = "; ".join(
+        f"batch {size} " + ", ".join(f"{rtf:.3f}" for rtf in row["rtf_passes"])
+        for size, row in report["batch_sizes"].items()
     )
+    lines.append(
+        f"speedup {report['speedup']:.2f}x: the median passes of {report['repeats']} (rtf per pass: {passes})"
+    )
+    lines.append(f"max_abs_diff {mels} (mels), {waves} (waves); {report['threads']} thread(s), {report['dtype']}")
     if report.get("speedup_ceiling") is not None:
         lines.append(
             f"speedup ceiling {report['speedup_ceiling']:.2f}x: batch {next(iter(report['batch_sizes']))}'s rtf / "

@@ -330,7 +330,9 @@ def test_full_size_batched_mels_equal_espnet(fixture_caches: FixtureCaches) -> N
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Path, dtype: str) -> None:
+def test_bench_tts_writes_its_report(
+    fixture_caches: FixtureCaches, tmp_path: Path, dtype: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
 
     from clearml_pipeline.bench_tts import add_arguments, main
@@ -361,6 +363,13 @@ def test_bench_tts_writes_its_report(fixture_caches: FixtureCaches, tmp_path: Pa
     # HiFiGAN goes piece by piece on a CPU: batching the acoustic model can at most remove the rest of batch 1
     assert report["speedup_ceiling"] == pytest.approx(one["rtf"] / report["vocoder_rtf"])
     assert report["warmup_passes"] == 1  # the default: each batch size measured on shapes already seen
+    # three timed passes per size by default, one size after the other; each size reports its median pass
+    printed = capsys.readouterr().out.splitlines()
+    timed = [line.split(":")[1].strip() for line in printed if line.startswith("bench-tts: batch")]
+    assert timed == [f"batch {b}, pass {r}" for b in (1, 3) for r in (1, 2, 3)]
+    assert report["repeats"] == 3 and all(len(row["rtf_passes"]) == 3 for row in (one, three))
+    assert all(row["rtf"] == sorted(row["rtf_passes"])[1] for row in (one, three))
+    assert report["speedup"] == pytest.approx(one["rtf"] / three["rtf"])
     assert report["channels_last_layers"] > 0  # the CPU default: HiFiGAN's convolutions on channels-last views
     assert report["fused_vocoder_blocks"] == 0  # the tiny HiFiGAN's 16 channels and fewer: its own forward
     # auto: packed in bfloat16 (max_abs_diff above is then measured on the packed cells); the tiny fixture's
@@ -378,6 +387,7 @@ def test_bench_tts_times_fresh_lengths_on_request(fixture_caches: FixtureCaches,
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     common = ["--batch-sizes", "1,3", "--requests", "3", "--items-per-call", "3", "--check-items", "1"]
+    common += ["--repeats", "1"]  # one timed pass per size: the second size's lengths are the longer ones
     args = parser.parse_args(
         ["--models", "fixtures", *common, "--frames-per-phone", "4", "--fresh-lengths", "--output", str(tmp_path)]
     )
