@@ -2,10 +2,11 @@
 
 `--replicas auto` (the default) measures each stage's CPU-seconds per item on the run's first items and gives
 the CPU stages cores in proportion, each its share rounded up to whole replicas, so that no stage starves the
-next and no core idles: seed 000 guessed ratios by hand. Explicit ratios (`--replicas 1:1:2`) are used as
-given. Threads are a budget: the cores split among CPU replicas (one each once they outnumber the cores), so
-replicas never stack thread pools on the same cores (two threads for speech synthesis beside two one-thread
-stages on 2 cores: 0.24 CPU-s per item alone, 0.34 in the run, 2.6x instead of 3.0x).
+next and no core idles (the first stage one more, for the run's start): seed 000 guessed ratios by hand.
+Explicit ratios (`--replicas 1:1:2`) are used as given. Threads are a budget: the cores split among CPU
+replicas (one each once they outnumber the cores), so replicas never stack thread pools on the same cores (two
+threads for speech synthesis beside two one-thread stages on 2 cores: 0.24 CPU-s per item alone, 0.34 in the
+run, 2.6x instead of 3.0x).
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores:
     replica. `SHARE_SLACK`: a share must pass whole cores by more than that to add a process (measured: at 1.0
     the second process cost 5 %, at 1.1 it paid 7-17 %).
     GPU stages keep one replica each (they share the device through batching, not stacked processes).
+
+    The pipeline's first stage, on a CPU, gets one replica more than its share (while it has fewer than the
+    cores): a run starts with every request waiting there and nothing for the later stages to do, so with one
+    replica on 2 cores the other core idled for the whole first batch (0.8 s of a 9 s bench run). Measured (bench,
+    fixtures, 2 cores, Intel Xeon, alternating): 2:1:2 against the 1:1:2 this gave before, bottleneck efficiency
+    0.83-0.96 (mean 0.90, 4 runs) against 0.78-0.86 (mean 0.84, 5 runs) at 48 requests, 0.92 and 0.94 against 0.92
+    and 0.86 at 144, although speech translation then costs 5-15 % more CPU per item in the run (benchmarks/README.md,
+    2026-12-06 night). The spare costs a model load (cold start 18-20 s against 16-17 s) and its memory.
     """
     cpu_stages = [s.name for s in STAGES if not gpu[s.name]]
     total = sum(cpu_s_per_item[name] for name in cpu_stages) or 1.0
@@ -95,6 +104,9 @@ def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores:
     for name in cpu_stages:
         share = cores * cpu_s_per_item[name] / total
         replicas[name] = max(1, math.ceil(share - SHARE_SLACK))
+    first = STAGES[0].name
+    if not gpu[first] and replicas[first] < cores:  # the spare for the run's fill
+        replicas[first] += 1
     return replicas
 
 
