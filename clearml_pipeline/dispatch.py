@@ -1,6 +1,6 @@
 """The streaming router's dispatch policy: which worker of a stage gets the next waiting row.
 
-Two rules, each measured (bench, fixtures, 2 cores, `--replicas auto` -> 1:1:2, 48 requests):
+Two rules, each measured (bench, fixtures, 2 cores, replicas 1:1:2, 48 requests):
 - whole batches: rows that arrive together (an upstream batch) go to one worker until its batch is full, not dealt
   out one by one, so each replica still gets whole batches. Dealt one by one, the two speech synthesis replicas
   ran batches of 4 at 0.28 CPU-s per item, against 0.17-0.19 for batches of 8.

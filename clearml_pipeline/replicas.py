@@ -95,8 +95,9 @@ def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores:
     replica on 2 cores the other core idled for the whole first batch (0.8 s of a 9 s bench run). Measured (bench,
     fixtures, 2 cores, Intel Xeon, alternating): 2:1:2 against the 1:1:2 this gave before, bottleneck efficiency
     0.83-0.96 (mean 0.90, 4 runs) against 0.78-0.86 (mean 0.84, 5 runs) at 48 requests, 0.92 and 0.94 against 0.92
-    and 0.86 at 144, although speech translation then costs 5-15 % more CPU per item in the run (benchmarks/README.md,
-    2026-12-06 night). The spare costs a model load (cold start 18-20 s against 16-17 s) and its memory.
+    and 0.86 at 144, although speech translation then cost 0.098-0.110 CPU-s per item in the run against
+    0.095-0.103 with one replica (benchmarks/README.md, 2026-12-06 night). The spare costs a model load (cold
+    start 18-20 s against 16-17 s) and its memory; `--replicas` given by hand has none.
     """
     cpu_stages = [s.name for s in STAGES if not gpu[s.name]]
     total = sum(cpu_s_per_item[name] for name in cpu_stages) or 1.0
