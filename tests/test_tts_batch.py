@@ -290,7 +290,7 @@ def test_the_stage_batches_all_pieces_of_a_call_like_one_at_a_time(stage: Espnet
 def test_full_size_batched_mels_equal_espnet(fixture_caches: FixtureCaches) -> None:
     """The CSMSC recipe's widths (512-unit encoder, 1024-unit decoder LSTMs, 512-channel HiFiGAN), built once
     into ~/.cache/s2st/tts-fixtures-full ($S2ST_TTS_FIXTURES_DIR-full) and reused while the builders match."""
-    from clearml_pipeline.bench_tts import tts_fixture_caches, tts_fixture_root
+    from clearml_pipeline.tts_models import tts_fixture_caches, tts_fixture_root
 
     caches = tts_fixture_caches(tts_fixture_root(full=True), full=True)
     options = replace(

@@ -169,7 +169,7 @@ def test_bench_tts_reports_fastspeech2_with_multi_band_melgan(fixture_caches: Fi
 
 def test_full_size_options_have_the_recipes_widths(fixture_caches: FixtureCaches) -> None:
     """The full-size FastSpeech2 (384-dim Conformer, 4 + 4 blocks) and MB-MelGAN (384 channels) load too."""
-    from clearml_pipeline.bench_tts import tts_fixture_caches, tts_fixture_root
+    from clearml_pipeline.tts_models import tts_fixture_caches, tts_fixture_root
 
     caches = tts_fixture_caches(tts_fixture_root(full=True), full=True)
     options = replace(
