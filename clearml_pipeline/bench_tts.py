@@ -194,7 +194,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
                 if args.fresh_lengths:  # the timed pass decodes lengths that no pass before it has
                     decode_ratio(stage, fresh_ratio(args.frames_per_phone, next(fresh)))
                 passes[str(size)].append(measure(stage, texts, args.items_per_call))
-                if args.fresh_lengths:  # the next pass's checks below run at --frames-per-phone again
+                if args.fresh_lengths:  # the next size's warm-up and the checks below run at --frames-per-phone again
                     decode_ratio(stage, options.maxlenratio)
                 print(f"bench-tts: batch {size}, pass {repeat + 1}: {passes[str(size)][-1]}")
     per_batch = {size: median_pass(timed) for size, timed in passes.items()}
