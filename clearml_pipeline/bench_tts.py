@@ -20,10 +20,8 @@ frames per phone + 0.25 x (k + 1) for the k-th timed pass), as a serving process
 then builds primitives for new input lengths, which the stage's `vocoder_bucket_frames` bounds. speedup is the
 ratio of the rtfs (of items/s where the audio is the same).
 
-Fixture model sets use the fixture caches when a complete build there holds the model; otherwise they build
-only the TTS fixtures (Tacotron2, FastSpeech2, VITS, HiFiGAN, MB-MelGAN; never whisper-large), under
-~/.cache/s2st/tts-fixtures(-full), or $S2ST_TTS_FIXTURES_DIR.
-Their stop token never fires, so every piece decodes exactly `--frames-per-phone` x (phones + 1) frames
+Which caches a fixture model set uses, and the TTS fixtures built alone: clearml_pipeline.tts_models.
+The fixtures' stop token never fires, so every piece decodes exactly `--frames-per-phone` x (phones + 1) frames
 (maxlenratio): random weights then cost what real speech costs (CSMSC speech: about 10 frames of 12.5 ms
 per phone).
 """
@@ -194,9 +192,9 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
                 if args.fresh_lengths:  # the timed pass decodes lengths that no pass before it has
                     decode_ratio(stage, fresh_ratio(args.frames_per_phone, next(fresh)))
                 passes[str(size)].append(measure(stage, texts, args.items_per_call))
-                if args.fresh_lengths:  # the next size's warm-up and the checks below run at --frames-per-phone again
-                    decode_ratio(stage, options.maxlenratio)
                 print(f"bench-tts: batch {size}, pass {repeat + 1}: {passes[str(size)][-1]}")
+            if args.fresh_lengths:  # the next size's warm-up and the checks below run at --frames-per-phone again
+                decode_ratio(stage, options.maxlenratio)
     per_batch = {size: median_pass(timed) for size, timed in passes.items()}
     diffs = equivalence(stage, list(CHINESE[: args.check_items]))
     parts = components(stage, texts[: args.items_per_call])
