@@ -331,21 +331,25 @@ def main(args: argparse.Namespace) -> int:
 
 
 def format_table(report: dict[str, Any]) -> str:
+    """The report as a short table and summary lines; a figure that could not be measured (every item of a pass
+    failed, no vocoder to time) reads n/a."""
     lines = ["| batch | items/s | rtf | audio s |", "| --- | --- | --- | --- |"]
     for size, row in report["batch_sizes"].items():
-        lines.append(f"| {size} | {row['items_per_s']:.3f} | {row['rtf']:.3f} | {row['audio_seconds']:.1f} |")
-    mels = "n/a" if report["max_abs_diff"] is None else f"{report['max_abs_diff']:.2e}"
-    vocoder = "n/a" if report["vocoder_rtf"] is None else f"{report['vocoder_rtf']:.3f}"
-    waves = "n/a" if report["max_abs_diff_wave"] is None else f"{report['max_abs_diff_wave']:.2e}"
-    lines.append(f"alone, one piece at a time: acoustic model rtf {report['acoustic_rtf']:.3f}, vocoder rtf {vocoder}")
+        lines.append(f"| {size} | {row['items_per_s']:.3f} | {_num(row['rtf'], '.3f')} | {row['audio_seconds']:.1f} |")
+    lines.append(
+        f"alone, one piece at a time: acoustic model rtf {_num(report['acoustic_rtf'], '.3f')}, "
+        f"vocoder rtf {_num(report['vocoder_rtf'], '.3f')}"
+    )
     passes = "; ".join(
-        f"batch {size} " + ", ".join(f"{rtf:.3f}" for rtf in row["rtf_passes"])
+        f"batch {size} " + ", ".join(_num(rtf, ".3f") for rtf in row["rtf_passes"])
         for size, row in report["batch_sizes"].items()
     )
+    speedup = "n/a" if report["speedup"] is None else f"{report['speedup']:.2f}x"
+    lines.append(f"speedup {speedup}: the median passes of {report['repeats']} (rtf per pass: {passes})")
     lines.append(
-        f"speedup {report['speedup']:.2f}x: the median passes of {report['repeats']} (rtf per pass: {passes})"
+        f"max_abs_diff {_num(report['max_abs_diff'], '.2e')} (mels), {_num(report['max_abs_diff_wave'], '.2e')} "
+        f"(waves); {report['threads']} thread(s), {report['dtype']}"
     )
-    lines.append(f"max_abs_diff {mels} (mels), {waves} (waves); {report['threads']} thread(s), {report['dtype']}")
     if report.get("speedup_ceiling") is not None:
         lines.append(
             f"speedup ceiling {report['speedup_ceiling']:.2f}x: batch {next(iter(report['batch_sizes']))}'s rtf / "
@@ -355,6 +359,9 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{report['dtype']} mels vs float32's: max_abs_diff {report['max_abs_diff_float32']:.2e}")
     return "\n".join(lines)
 
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m clearml_pipeline.bench_tts", description=__doc__)

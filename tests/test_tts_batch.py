@@ -440,3 +440,29 @@ def test_a_gpu_asked_for_where_there_is_none_stops_before_any_model_is_read(
     with pytest.raises(RuntimeError, match="device 'cuda' was asked for but no CUDA GPU is available"):
         stage.setup()
     assert stage.local is None
+
+
+def test_the_bench_tts_table_reads_n_a_where_a_figure_could_not_be_measured() -> None:
+    """Every item of batch 3's passes failed (no audio, so no rtf): the report is written first and the printed
+    table says n/a there, instead of failing on the missing figures."""
+    from clearml_pipeline.bench_tts import format_table, median_pass
+
+    ran = [{"items_per_s": 2.0, "rtf": rtf, "audio_seconds": 4.0, "wall_s": 1.0, "errors": 0} for rtf in (0.5, 0.4)]
+    failed = [{"items_per_s": 3.0, "rtf": None, "audio_seconds": 0.0, "wall_s": 1.0, "errors": 3}] * 2
+    report = {
+        "batch_sizes": {"1": median_pass(ran), "3": median_pass(failed)},
+        "speedup": None,
+        "repeats": 2,
+        "acoustic_rtf": None,
+        "vocoder_rtf": 0.1,
+        "max_abs_diff": None,
+        "max_abs_diff_wave": None,
+        "threads": 2,
+        "dtype": "float32",
+        "speedup_ceiling": None,
+    }
+    lines = format_table(report).splitlines()
+    assert lines[2:4] == ["| 1 | 2.000 | 0.400 | 4.0 |", "| 3 | 3.000 | n/a | 0.0 |"]
+    assert "acoustic model rtf n/a, vocoder rtf 0.100" in lines[4]
+    assert lines[5] == "speedup n/a: the median passes of 2 (rtf per pass: batch 1 0.500, 0.400; batch 3 n/a, n/a)"
+    assert lines[6].startswith("max_abs_diff n/a (mels), n/a (waves)")
