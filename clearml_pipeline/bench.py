@@ -24,7 +24,16 @@ from clearml_pipeline.config import RunConfig
 from clearml_pipeline.execution import ResultsSink, run_groups
 from clearml_pipeline.figures import percentiles
 from clearml_pipeline.inputs import InputItem
-from clearml_pipeline.replicas import StreamingOptions, available_cores, is_gpu_stage, plan
+from clearml_pipeline.replicas import (
+    GIB,
+    MemoryFit,
+    StreamingOptions,
+    available_cores,
+    is_gpu_stage,
+    memory_fit,
+    plan,
+    worker_memory,
+)
 from clearml_pipeline.results import versions
 from clearml_pipeline.streaming import StreamingRunner, StreamStats, warm_up
 from steps.options import option
@@ -50,6 +59,7 @@ class StageRate:
     items_per_s: float
     cpu_s_per_item: float
     threads: int
+    memory_bytes: int = 0  # the worker's unique set, read before it stopped
 
 
 def expand(items: list[InputItem], n: int) -> list[ItemResult]:
@@ -113,12 +123,13 @@ def standalone(
             runner.run(warmup)
             runner.stats = StreamStats()
         runner.run(rows)
+        memory = worker_memory(runner.workers.values()).get(spec.name, 0)
     finally:
         runner.close()
     if runner.stats.interrupted:
         raise KeyboardInterrupt
     n = max(len(rows), 1)
-    return StageRate(len(rows) / runner.stats.wall_s, runner.stats.cpu_s.get(spec.name, 0.0) / n, threads)
+    return StageRate(len(rows) / runner.stats.wall_s, runner.stats.cpu_s.get(spec.name, 0.0) / n, threads, memory)
 
 
 def hardware() -> dict[str, Any]:
@@ -148,18 +159,22 @@ def run_bench(
     baseline_rate = len(baseline_rows) / baseline_wall
     sample = baseline_rows[: bopts.standalone_items or None]
 
+    probed: dict[str, StageRate] = {}
+
     def probe() -> dict[str, float]:
         # Cost per item at one thread, on a few items, measured on their second pass: the first call at each new
         # shape builds oneDNN primitives (measured: speech synthesis 0.70 CPU-s per item cold, 0.17 warm).
         few = sample[:4]
-        return {
-            spec.name: standalone(
+        for spec in STAGES:
+            probed[spec.name] = standalone(
                 config, sopts, ctx, spec, stage_inputs(spec, few), 1, warmup=stage_inputs(spec, few)
-            ).cpu_s_per_item
-            for spec in STAGES
-        }
+            )
+        return {name: rate.cpu_s_per_item for name, rate in probed.items()}
 
-    replicas, threads, why = plan(sopts, gpu, cores, probe)
+    def memory() -> MemoryFit:  # the probe's workers have stopped: every replica's memory is still to be taken
+        return memory_fit(sopts.replica_memory, {name: rate.memory_bytes for name, rate in probed.items()}, {})
+
+    replicas, threads, why = plan(sopts, gpu, cores, probe, memory)
     rates = {
         spec.name: standalone(config, sopts, ctx, spec, stage_inputs(spec, sample), threads[spec.name])
         for spec in STAGES
@@ -203,6 +218,7 @@ def run_bench(
             spec.name: {
                 "standalone_items_per_s": rates[spec.name].items_per_s,
                 "cpu_s_per_item": rates[spec.name].cpu_s_per_item,
+                "replica_memory_gib": rates[spec.name].memory_bytes / GIB,  # one worker's own memory, standalone
                 # the same stage's CPU per item inside the streaming run: above the standalone figure when replicas
                 # split its batches or share cores with other stages (what the ceiling does not see)
                 "streaming_cpu_s_per_item": runner.stats.cpu_s.get(spec.name, 0.0) / max(len(rows), 1),

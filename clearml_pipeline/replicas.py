@@ -6,21 +6,26 @@ next and no core idles (the first stage one more, for the run's start): seed 000
 Explicit ratios (`--replicas 1:1:2`) are used as given. Threads are a budget: the cores split among CPU
 replicas (one each once they outnumber the cores), so replicas never stack thread pools on the same cores (two
 threads for speech synthesis beside two one-thread stages on 2 cores: 0.24 CPU-s per item alone, 0.34 in the
-run, 2.6x instead of 3.0x).
+run, 2.6x instead of 3.0x). Planned replicas must also fit the machine's memory (`fit_memory`): a replica of
+speech translation on a CPU holds a whole Whisper, so the spare must not push a machine into swap.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from clearml_pipeline.config import RunConfig
+from clearml_pipeline.stream_records import Worker
 from steps.options import option
 from steps.stages import STAGES, StageSpec
 
 SHARE_SLACK = 0.05  # of a core: a stage's share must pass its replicas by more than this to get another one
+GIB = 1024**3
+# What `--replica-memory auto` leaves free for everything else on the machine (and the workers' peaks).
+RESERVE_FRACTION, RESERVE_MIN = 0.10, GIB
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,11 @@ class StreamingOptions:
         "auto", "worker processes per stage in pipeline order, like 1:1:2; auto: sized from measured stage costs"
     )
     replica_threads: str = option("auto", "torch threads per replica: auto (cores split among CPU replicas) or 2:1:1")
+    replica_memory: str = option(
+        "auto",
+        "auto replicas: the most memory all streaming workers together may take, in GiB; auto: what is available "
+        f"with the first workers loaded, less {RESERVE_FRACTION:.0%} of the machine's memory (at least 1 GiB)",
+    )
     max_wait_ms: float = option(20.0, "dynamic batching: how long a worker waits to fill a batch")
     inbox_batches: int = option(
         1, "batches a worker holds, the one it works on included (the rest wait for whichever replica frees first); "
@@ -97,7 +107,8 @@ def auto_replicas(cpu_s_per_item: dict[str, float], gpu: dict[str, bool], cores:
     0.83-0.96 (mean 0.90, 4 runs) against 0.78-0.86 (mean 0.84, 5 runs) at 48 requests, 0.92 and 0.94 against 0.92
     and 0.86 at 144, although speech translation then cost 0.098-0.110 CPU-s per item in the run against
     0.095-0.103 with one replica (benchmarks/README.md, 2026-12-06 night). The spare costs a model load (cold
-    start 18-20 s against 16-17 s) and its memory; `--replicas` given by hand has none.
+    start 18-20 s against 16-17 s) and its memory (fit_memory takes it back where memory is short); `--replicas`
+    given by hand has none.
     """
     cpu_stages = [s.name for s in STAGES if not gpu[s.name]]
     total = sum(cpu_s_per_item[name] for name in cpu_stages) or 1.0
@@ -118,18 +129,105 @@ def thread_budget(replicas: dict[str, int], gpu: dict[str, bool], cores: int) ->
     return {name: 1 if gpu[name] else share for name in replicas}
 
 
+@dataclass(frozen=True)
+class MemoryFit:
+    """The memory the workers may take together, and one replica's of each stage (a loaded worker's own
+    memory, its unique set: the pages no other process shares), in bytes; `source` says where the budget
+    came from, for the summary."""
+
+    per_replica: dict[str, int]
+    budget: int
+    source: str
+
+
+def memory_budget(replica_memory: str) -> float | None:
+    """`--replica-memory` in GiB, None for auto; a bad value stops here, before any worker starts."""
+    if replica_memory.strip().lower() == "auto":
+        return None
+    try:
+        gib = float(replica_memory)
+    except ValueError:
+        gib = -1.0
+    if not gib >= 0:  # NaN too
+        raise ValueError(f"--replica-memory takes auto or a number of GiB >= 0, got {replica_memory!r}")
+    return gib
+
+
+def memory_fit(replica_memory: str, per_replica: dict[str, int], running: dict[str, int]) -> MemoryFit:
+    """The budget for `--replica-memory`: a number of GiB as given, or auto: the memory available now (the
+    `running` workers loaded, so what they hold counts as theirs again) less the reserve."""
+    gib = memory_budget(replica_memory)
+    if gib is not None:
+        return MemoryFit(per_replica, int(gib * GIB), f"--replica-memory {replica_memory} GiB")
+    import psutil
+
+    memory = psutil.virtual_memory()
+    reserve = max(RESERVE_MIN, int(RESERVE_FRACTION * memory.total))
+    held = sum(n * per_replica.get(name, 0) for name, n in running.items())
+    source = f"{memory.available / GIB:.1f} GiB available beside the loaded workers, {reserve / GIB:.1f} GiB kept free"
+    return MemoryFit(per_replica, memory.available + held - reserve, source)
+
+
+def worker_memory(workers: Iterable[Worker]) -> dict[str, int]:
+    """The largest unique set (bytes) of each stage's ready workers; a process that has gone is left out, and
+    where the unique set cannot be read, the resident set stands in."""
+    import psutil
+
+    sizes: dict[str, int] = {}
+    for worker in workers:
+        if not worker.ready or worker.process.pid is None:
+            continue
+        name = worker.spec.name
+        try:
+            process = psutil.Process(worker.process.pid)
+            try:
+                size = process.memory_full_info().uss
+            except psutil.AccessDenied:
+                size = process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+        sizes[name] = max(sizes.get(name, 0), size)
+    return sizes
+
+
+def fit_memory(replicas: dict[str, int], fit: MemoryFit) -> tuple[dict[str, int], str]:
+    """The replicas with as many taken away as their memory needs to fit the budget, and why (empty when they
+    fit): each time from the stage whose replica takes the most memory (speech translation's spare, when it holds
+    a Whisper), never below one replica per stage (the run needs each stage once, whatever the budget)."""
+    capped = dict(replicas)
+
+    def need() -> int:
+        return sum(n * fit.per_replica.get(name, 0) for name, n in capped.items())
+
+    while need() > fit.budget and (extra := [name for name, n in capped.items() if n > 1]):
+        capped[max(extra, key=lambda name: fit.per_replica.get(name, 0))] -= 1
+    if capped == replicas:
+        return capped, ""
+    sizes = ", ".join(f"{name} {fit.per_replica.get(name, 0) / GIB:.2f}" for name in replicas)
+    return capped, f"; fewer to fit the memory ({fit.source}; GiB per replica: {sizes})"
+
+
 def plan(
-    options: StreamingOptions, gpu: dict[str, bool], cores: int, measure_cpu_s: Callable[[], dict[str, float]]
+    options: StreamingOptions,
+    gpu: dict[str, bool],
+    cores: int,
+    measure_cpu_s: Callable[[], dict[str, float]],
+    memory: Callable[[], MemoryFit] | None = None,
 ) -> tuple[dict[str, int], dict[str, int], str]:
     """Replicas and threads per stage from the options, and why those replicas (for the summary);
-    `measure_cpu_s` is only called for `auto` replicas."""
+    `measure_cpu_s` is only called for `auto` replicas, and then `memory` (read after it: the workers it
+    measured are loaded), which auto replicas must fit. Replicas given by hand are used as given."""
     names = [spec.name for spec in STAGES]
+    memory_budget(options.replica_memory)
     if options.replicas == "auto":
         costs = measure_cpu_s()
         replicas = auto_replicas(costs, gpu, cores)
         why = f"auto: {cores} cores shared by CPU-seconds per item " + ", ".join(
             f"{name} {costs.get(name, 0.0):.3f}" + (" (GPU)" if gpu[name] else "") for name in names
         )
+        if memory is not None:
+            replicas, capped = fit_memory(replicas, memory())
+            why += capped
     else:
         replicas = dict(zip(names, parse_ratio(options.replicas, "--replicas"), strict=True))
         why = f"given: --replicas {options.replicas}"

@@ -27,7 +27,15 @@ from clearml_pipeline.execution import (
     start_outputs,
 )
 from clearml_pipeline.inputs import InputItem
-from clearml_pipeline.replicas import StreamingOptions, available_cores, is_gpu_stage, plan
+from clearml_pipeline.replicas import (
+    MemoryFit,
+    StreamingOptions,
+    available_cores,
+    is_gpu_stage,
+    memory_fit,
+    plan,
+    worker_memory,
+)
 from clearml_pipeline.results import run_device, summarize, with_configured
 from clearml_pipeline.streaming import StreamingRunner, WorkerStartError
 from steps.base import ModelInfo, Stage
@@ -146,6 +154,12 @@ class StreamingRuntime:
             reached = {s.name: sum(s.name in r.latency_s for r in calibrated) for s in STAGES}
             return {name: probe.stats.cpu_s.get(name, 0.0) / max(n, 1) for name, n in reached.items()}
 
+        def memory() -> MemoryFit:
+            """After the calibration: the memory its workers (one per stage, loaded and warm) hold, which each
+            further replica of theirs would take again."""
+            ones = {spec.name: 1 for spec in STAGES}
+            return memory_fit(self.options.replica_memory, worker_memory(runners[-1].workers.values()), ones)
+
         replicas = {spec.name: 1 for spec in STAGES}
         threads = dict(replicas)
         why, interrupted = "", False
@@ -153,7 +167,7 @@ class StreamingRuntime:
         results: dict[str, ItemResult] = {}
         try:
             try:
-                replicas, threads, why = plan(self.options, gpu, available_cores(), calibrate)
+                replicas, threads, why = plan(self.options, gpu, available_cores(), calibrate, memory)
                 interrupted = any(runner.stats.interrupted for runner in runners)
                 rest = pending[len(calibrated) :]
                 if rest and not interrupted:

@@ -39,7 +39,9 @@ def bench(fixture_caches: Any, tmp_path_factory: pytest.TempPathFactory) -> dict
             "--standalone-items",
             "3",
             "--replicas",
-            "1:1:2",
+            "auto",  # planned from the probe's measured costs, then fitted to a memory budget of nothing: 1:1:1
+            "--replica-memory",
+            "0",
             "--st-max-new-tokens",
             "8",
             "--mt-max-new-tokens",
@@ -63,11 +65,14 @@ def test_bench_json_has_the_headline_figures(bench: dict[str, Any]) -> None:
     assert report["bottleneck_efficiency"] == pytest.approx(
         report["end_to_end_items_per_s"] / report["ceiling_items_per_s"]
     )
-    assert report["replicas"] == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 2}
+    assert report["replicas"] == {"speech_translation": 1, "machine_translation": 1, "speech_synthesis": 1}
+    assert report["replicas_chosen_by"].startswith("auto: ")
+    assert "; fewer to fit the memory (--replica-memory 0 GiB; GiB per replica: " in report["replicas_chosen_by"]
     assert set(report["threads"]) == set(report["replicas"]) and min(report["threads"].values()) >= 1
     for name, stage in report["stages"].items():
         assert stage["standalone_items_per_s"] > 0 and stage["cpu_s_per_item"] > 0
         assert stage["streaming_cpu_s_per_item"] > 0  # measured in the streaming run, beside the standalone figure
+        assert stage["replica_memory_gib"] > 0.01  # the standalone worker's own memory: a loaded model and torch
         assert stage["capacity_items_per_s"] == pytest.approx(
             stage["standalone_items_per_s"] * report["replicas"][name]
         )

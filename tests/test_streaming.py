@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,17 @@ from typing import Any
 import pytest
 
 from clearml_pipeline.config import RunConfig
-from clearml_pipeline.replicas import StreamingOptions, auto_replicas, parse_ratio, plan, thread_budget
+from clearml_pipeline.replicas import (
+    GIB,
+    MemoryFit,
+    StreamingOptions,
+    auto_replicas,
+    fit_memory,
+    memory_fit,
+    parse_ratio,
+    plan,
+    thread_budget,
+)
 from clearml_pipeline.stream_worker import WARM_UP_ZH, warm_up, warm_up_folder
 from clearml_pipeline.streaming import StreamingRunner
 from steps.results import ItemResult
@@ -175,6 +186,42 @@ def test_a_killed_worker_loses_no_row(
     assert all(not w.process.is_alive() for w in runner.workers.values())
 
 
+def test_auto_replicas_fit_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replicas of the largest model go first (speech translation's spare, holding a Whisper), never below one
+    per stage; replicas given by hand are left as given."""
+    planned = {"speech_translation": 2, "machine_translation": 1, "speech_synthesis": 2}
+    sizes = {"speech_translation": 6 * GIB, "machine_translation": GIB // 2, "speech_synthesis": GIB}
+    assert fit_memory(planned, MemoryFit(sizes, 15 * GIB, "x")) == (planned, "")  # 14.5 GiB: they fit
+    fewer, why = fit_memory(planned, MemoryFit(sizes, 9 * GIB, "test budget"))
+    assert fewer == {**planned, "speech_translation": 1}  # 8.5 GiB
+    assert why == (
+        "; fewer to fit the memory (test budget; GiB per replica: speech_translation 6.00, machine_translation 0.50, "
+        "speech_synthesis 1.00)"
+    )
+    assert fit_memory(planned, MemoryFit(sizes, 8 * GIB, "x"))[0] == dict.fromkeys(NAMES, 1)  # then synthesis's
+    assert fit_memory(planned, MemoryFit(sizes, -GIB, "x"))[0] == dict.fromkeys(NAMES, 1)  # one each, whatever
+    # auto: what is available now, the loaded workers' memory counted back in, less 10 % of the machine's memory
+    import psutil
+
+    fake = type("VirtualMemory", (), {"total": 32 * GIB, "available": 10 * GIB})
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
+    fit = memory_fit("auto", sizes, dict.fromkeys(NAMES, 1))
+    assert fit.budget == pytest.approx(10 * GIB + 7.5 * GIB - 3.2 * GIB, abs=1) and fit.per_replica == sizes
+    assert fit.source == "10.0 GiB available beside the loaded workers, 3.2 GiB kept free"
+    assert memory_fit("2.5", sizes, {}).budget == 2.5 * GIB
+    for bad in ("-1", "lots", "nan"):
+        with pytest.raises(ValueError, match="--replica-memory takes auto or a number of GiB >= 0"):
+            plan(StreamingOptions(replica_memory=bad), dict.fromkeys(NAMES, False), 2, lambda: {})
+    costs = {"speech_translation": 0.12, "machine_translation": 0.02, "speech_synthesis": 0.17}
+    cpu = dict.fromkeys(NAMES, False)
+    small = StreamingOptions(replica_memory="8")
+    replicas, threads, why = plan(small, cpu, 2, lambda: costs, lambda: memory_fit("8", sizes, {}))
+    assert replicas == dict.fromkeys(NAMES, 1) and threads == dict.fromkeys(NAMES, 1)
+    assert why.startswith("auto: 2 cores") and "fewer to fit the memory (--replica-memory 8 GiB" in why
+    given = StreamingOptions(replicas="2:1:2", replica_memory="8")
+    assert plan(given, cpu, 2, lambda: costs, lambda: memory_fit("8", sizes, {}))[0] == planned
+
+
 def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[Path], tmp_path: Path) -> None:
     folder = clips[0].parent
     base = [
@@ -196,14 +243,15 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
     ]
     env = {**os.environ, "S2ST_FIXTURES_DIR": os.environ["S2ST_FIXTURES_DIR"]}
     outputs = {}
-    for name, runtime, replicas in (
-        ("inprocess", "inprocess", "1:1:2"),
-        ("streaming", "streaming", "1:1:2"),
-        ("auto", "streaming", "auto"),  # sized from the first items' measured costs, which it keeps
+    for name, runtime, replicas, memory in (
+        ("inprocess", "inprocess", "1:1:2", "auto"),
+        ("streaming", "streaming", "1:1:2", "auto"),
+        ("auto", "streaming", "auto", "auto"),  # sized from the first items' measured costs, which it keeps
+        ("capped", "streaming", "auto", "0"),  # no memory for more workers than the calibration's
     ):
         out = tmp_path / name
         proc = subprocess.run(
-            [*base, "--output", str(out), "--runtime", runtime, "--replicas", replicas],
+            [*base, "--output", str(out), "--runtime", runtime, "--replicas", replicas, "--replica-memory", memory],
             capture_output=True,
             text=True,
             env=env,
@@ -212,7 +260,7 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
         assert proc.returncode == 1, proc.stderr[-2000:]  # the broken clip
         outputs[name] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     keys = ("id", "status", "stage", "en_text", "zh_text", "no_speech", "zh_audio")
-    for name in ("streaming", "auto"):
+    for name in ("streaming", "auto", "capped"):
         assert [{k: r[k] for k in keys} for r in outputs[name]] == [
             {k: r[k] for k in keys} for r in outputs["inprocess"]
         ], name
@@ -221,6 +269,13 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
     assert auto["workers_started"] == auto["replicas"]  # the calibration's workers went on: no model loaded twice
     assert set(auto["replicas"]) == {"speech_translation", "machine_translation", "speech_synthesis"}
     assert all(n >= 1 for n in auto["replicas"].values())
+    assert "fewer to fit the memory" not in auto["replicas_chosen_by"]  # a few small fixture models fit
+    capped = json.loads((tmp_path / "capped" / "summary.json").read_text())["streaming"]
+    assert capped["replicas"] == dict.fromkeys(NAMES, 1) and capped["workers_started"] == capped["replicas"]
+    why = capped["replicas_chosen_by"]
+    assert "fewer to fit the memory (--replica-memory 0 GiB; GiB per replica:" in why
+    # each stage's worker was measured: a loaded model's own memory, not nothing
+    assert all(float(re.search(rf"{name} (\d+\.\d+)", why.split("GiB per replica:")[1])[1]) > 0.01 for name in NAMES)
     summary = json.loads((tmp_path / "streaming" / "summary.json").read_text())
     assert summary["streaming"]["replicas"] == {
         "speech_translation": 1,
