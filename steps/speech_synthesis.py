@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resources.compat import patch_scipy_kaiser
+from resources.compat import import_espnet_quietly, patch_scipy_kaiser
 from resources.weights import GRIFFIN_LIM, LocalModel, resolve_hf_model, resolve_vocoder
 from resources.weights import espnet_hub_id as hub_id
 from steps.base import ItemError, ModelInfo, Stage
@@ -148,6 +148,7 @@ class EspnetSynthesizer(Stage[str, Speech]):
 
     def setup(self) -> None:
         patch_scipy_kaiser()
+        import_espnet_quietly()
         from espnet2.bin.tts_inference import Text2Speech
         from espnet_model_zoo.downloader import ModelDownloader
 
