@@ -1,5 +1,6 @@
 """Memory settings for model processes: glibc malloc keeps freed tensor memory for the next batch instead of
-handing it back, and the objects of loaded models are kept out of the garbage collector's walks.
+handing it back, and the objects of loaded models are kept out of the garbage collector's walks; and how much
+memory this process may still use (`machine_memory`, for the streaming planner).
 
 Why: by default glibc returns the free top of its heap to the kernel once it exceeds a trim threshold that
 follows the largest recent mmap'd block (at most 64 MB), and serves blocks above a dynamic mmap threshold with
@@ -27,6 +28,7 @@ import os
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -69,3 +71,63 @@ def objects_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+# Where the kernel shows this process's memory cgroup: v2's unified tree, or v1's memory controller.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_FILES = {  # version: (limit, usage, memory.stat's reclaimable page cache)
+    "v2": ("memory.max", "memory.current", "inactive_file"),
+    "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
+
+
+def machine_memory() -> tuple[int, int]:
+    """(available, total) bytes for this process: the machine's (psutil), or its memory cgroup's where a limit
+    there is lower (a ClearML agent's docker container, or a systemd slice, where psutil reads the host's). A
+    cgroup's usage counts page cache, so the cache the kernel would reclaim first (inactive files) is left out,
+    as `docker stats` does."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    available, total = memory.available, memory.total
+    for folder, (limit_name, usage_name, cache_name) in _cgroup_folders():
+        try:
+            limit_text = (folder / limit_name).read_text().strip()
+            usage = int((folder / usage_name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not limit_text.isdigit() or int(limit_text) >= total:
+            continue  # "max", or v1's "no limit" (a huge number)
+        stat = _stat(folder / "memory.stat")
+        total = int(limit_text)
+        available = min(available, max(0, total - usage + stat.get(cache_name, 0)))
+    return available, total
+
+
+def _cgroup_folders() -> list[tuple[Path, tuple[str, str, str]]]:
+    """This process's memory cgroup folders, from its own up to the root (a limit may sit on any of them)."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return []
+    folders = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        version = "v2" if controllers == "" else "v1" if "memory" in controllers.split(",") else None
+        if version is None:
+            continue
+        base = CGROUP_ROOT if version == "v2" else CGROUP_ROOT / "memory"
+        parts = [p for p in path.split("/") if p]
+        folders += [(base.joinpath(*parts[:n]), CGROUP_FILES[version]) for n in range(len(parts), -1, -1)]
+    return folders
+
+
+def _stat(path: Path) -> dict[str, int]:
+    try:
+        pairs = (line.split() for line in path.read_text().splitlines())
+        return {pair[0]: int(pair[1]) for pair in pairs if len(pair) == 2 and pair[1].isdigit()}
+    except OSError:
+        return {}

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from clearml_pipeline.config import RunConfig
+from clearml_pipeline.memory import machine_memory
 from clearml_pipeline.stream_records import Worker
 from steps.options import option
 from steps.stages import STAGES, StageSpec
@@ -155,17 +156,16 @@ def memory_budget(replica_memory: str) -> float | None:
 
 def memory_fit(replica_memory: str, per_replica: dict[str, int], running: dict[str, int]) -> MemoryFit:
     """The budget for `--replica-memory`: a number of GiB as given, or auto: the memory available now (the
-    `running` workers loaded, so what they hold counts as theirs again) less the reserve."""
+    machine's, or its memory cgroup's where that is less: clearml_pipeline.memory.machine_memory; the `running`
+    workers loaded, so what they hold counts as theirs again) less the reserve."""
     gib = memory_budget(replica_memory)
     if gib is not None:
         return MemoryFit(per_replica, int(gib * GIB), f"--replica-memory {replica_memory} GiB")
-    import psutil
-
-    memory = psutil.virtual_memory()
-    reserve = max(RESERVE_MIN, int(RESERVE_FRACTION * memory.total))
+    available, total = machine_memory()
+    reserve = max(RESERVE_MIN, int(RESERVE_FRACTION * total))
     held = sum(n * per_replica.get(name, 0) for name, n in running.items())
-    source = f"{memory.available / GIB:.1f} GiB available beside the loaded workers, {reserve / GIB:.1f} GiB kept free"
-    return MemoryFit(per_replica, memory.available + held - reserve, source)
+    source = f"{available / GIB:.1f} GiB available beside the loaded workers, {reserve / GIB:.1f} GiB kept free"
+    return MemoryFit(per_replica, available + held - reserve, source)
 
 
 def worker_memory(workers: Iterable[Worker]) -> dict[str, int]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from clearml_pipeline import memory
 from clearml_pipeline.config import RunConfig
 from clearml_pipeline.replicas import (
     GIB,
@@ -205,6 +206,7 @@ def test_auto_replicas_fit_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
     fake = type("VirtualMemory", (), {"total": 32 * GIB, "available": 10 * GIB})
     monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
+    monkeypatch.setattr(memory, "PROC_CGROUP", Path("/nonexistent"))  # no cgroup limit (test_machine_memory: one)
     fit = memory_fit("auto", sizes, dict.fromkeys(NAMES, 1))
     assert fit.budget == pytest.approx(10 * GIB + 7.5 * GIB - 3.2 * GIB, abs=1) and fit.per_replica == sizes
     assert fit.source == "10.0 GiB available beside the loaded workers, 3.2 GiB kept free"
@@ -220,6 +222,36 @@ def test_auto_replicas_fit_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     assert why.startswith("auto: 2 cores") and "fewer to fit the memory (--replica-memory 8 GiB" in why
     given = StreamingOptions(replicas="2:1:2", replica_memory="8")
     assert plan(given, cpu, 2, lambda: costs, lambda: memory_fit("8", sizes, {}))[0] == planned
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_machine_memory_is_the_cgroups_where_its_limit_is_lower(
+    version: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a ClearML agent's container psutil reads the host's memory; the memory cgroup's limit is what the
+    workers may use. A limit may sit on a parent of the process's own cgroup; reclaimable page cache is free."""
+    import psutil
+
+    host = type("VirtualMemory", (), {"total": 64 * GIB, "available": 40 * GIB})
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: host)
+    root = tmp_path / "cgroup"
+    base = root if version == "v2" else root / "memory"
+    limit, usage, cache = memory.CGROUP_FILES[version]
+    own, parent = base / "agents" / "task-7", base / "agents"
+    for folder, cap in ((own, "max" if version == "v2" else str(2**63 - 4096)), (parent, str(8 * GIB))):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / limit).write_text(cap + "\n")
+        (folder / usage).write_text(f"{5 * GIB}\n")
+        (folder / "memory.stat").write_text(f"anon 123\n{cache} {GIB}\nfile 99\n")
+    line = "0::/agents/task-7" if version == "v2" else "7:pids:/\n4:memory:/agents/task-7\n0::/"
+    (tmp_path / "cgroup-file").write_text(line + "\n")
+    monkeypatch.setattr(memory, "CGROUP_ROOT", root)
+    monkeypatch.setattr(memory, "PROC_CGROUP", tmp_path / "cgroup-file")
+    assert memory.machine_memory() == (8 * GIB - 5 * GIB + GIB, 8 * GIB)  # the parent's limit, less its usage
+    (parent / limit).write_text(str(128 * GIB))  # a limit above the machine's memory limits nothing
+    assert memory.machine_memory() == (40 * GIB, 64 * GIB)
+    monkeypatch.setattr(memory, "PROC_CGROUP", tmp_path / "missing")  # not Linux, or no cgroups: the machine's
+    assert memory.machine_memory() == (40 * GIB, 64 * GIB)
 
 
 def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[Path], tmp_path: Path) -> None:
@@ -243,7 +275,7 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
     ]
     env = {**os.environ, "S2ST_FIXTURES_DIR": os.environ["S2ST_FIXTURES_DIR"]}
     outputs = {}
-    for name, runtime, replicas, memory in (
+    for name, runtime, replicas, budget in (
         ("inprocess", "inprocess", "1:1:2", "auto"),
         ("streaming", "streaming", "1:1:2", "auto"),
         ("auto", "streaming", "auto", "auto"),  # sized from the first items' measured costs, which it keeps
@@ -251,7 +283,7 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
     ):
         out = tmp_path / name
         proc = subprocess.run(
-            [*base, "--output", str(out), "--runtime", runtime, "--replicas", replicas, "--replica-memory", memory],
+            [*base, "--output", str(out), "--runtime", runtime, "--replicas", replicas, "--replica-memory", budget],
             capture_output=True,
             text=True,
             env=env,
