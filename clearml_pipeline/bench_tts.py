@@ -363,6 +363,7 @@ def format_table(report: dict[str, Any]) -> str:
 def _num(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m clearml_pipeline.bench_tts", description=__doc__)
     add_arguments(parser)

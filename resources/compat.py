@@ -27,8 +27,10 @@ def import_espnet_quietly() -> None:
     if "espnet.nets.pytorch_backend.transformer.attention" in sys.modules:
         return
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        import espnet.nets.pytorch_backend.transformer.attention  # noqa: F401
-    for line in printed.getvalue().splitlines():
-        if not line.startswith(FLASH_ATTN_NOTICE):
-            print(line)
+    try:
+        with contextlib.redirect_stdout(printed):
+            import espnet.nets.pytorch_backend.transformer.attention  # noqa: F401
+    finally:  # what it printed before a failed import is shown too
+        for line in printed.getvalue().splitlines():
+            if not line.startswith(FLASH_ATTN_NOTICE):
+                print(line)
