@@ -25,7 +25,8 @@ from steps.stages import STAGES, StageSpec
 
 SHARE_SLACK = 0.05  # of a core: a stage's share must pass its replicas by more than this to get another one
 GIB = 1024**3
-# What `--replica-memory auto` leaves free for everything else on the machine (and the workers' peaks).
+# What `--replica-memory auto` leaves free for everything else on the machine (and the workers' peaks); the
+# option's help says "a tenth".
 RESERVE_FRACTION, RESERVE_MIN = 0.10, GIB
 
 
@@ -38,7 +39,7 @@ class StreamingOptions:
     replica_memory: str = option(
         "auto",
         "auto replicas: the most memory all streaming workers together may take, in GiB; auto: what is available "
-        f"with the first workers loaded, less {RESERVE_FRACTION:.0%} of the machine's memory (at least 1 GiB)",
+        "with the first workers loaded, less a tenth of the machine's memory (at least 1 GiB)",
     )
     max_wait_ms: float = option(20.0, "dynamic batching: how long a worker waits to fill a batch")
     inbox_batches: int = option(

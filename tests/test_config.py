@@ -77,3 +77,16 @@ def test_the_one_parser() -> None:
     assert with_values(RunConfig().runner, {"limit": "5", "unknown": 1}).limit == 5
     with pytest.raises(ValueError):
         parse_value("many", int)
+
+
+def test_every_command_prints_its_help() -> None:
+    """argparse formats each help text with %: a stray percent sign in an option's help made `run --help` fail."""
+    from clearml_pipeline.__main__ import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"run", "bench", "bench-tts", "evaluate", "reproduce"} <= set(commands)
+    for name, command in commands.items():
+        text = command.format_help()
+        assert f"usage: python -m clearml_pipeline {name}" in text, name
+    assert "--replica-memory" in commands["run"].format_help()
