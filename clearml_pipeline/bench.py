@@ -26,11 +26,10 @@ from clearml_pipeline.figures import percentiles
 from clearml_pipeline.inputs import InputItem
 from clearml_pipeline.replicas import (
     GIB,
-    MemoryFit,
+    MemoryReading,
     StreamingOptions,
     available_cores,
     is_gpu_stage,
-    memory_fit,
     plan,
     worker_memory,
 )
@@ -171,8 +170,8 @@ def run_bench(
             )
         return {name: rate.cpu_s_per_item for name, rate in probed.items()}
 
-    def memory() -> MemoryFit:  # the probe's workers have stopped: every replica's memory is still to be taken
-        return memory_fit(sopts.replica_memory, {name: rate.memory_bytes for name, rate in probed.items()}, {})
+    def memory() -> MemoryReading:  # the probe's workers have stopped: every replica's memory is still to be taken
+        return {name: rate.memory_bytes for name, rate in probed.items()}, {}
 
     replicas, threads, why = plan(sopts, gpu, cores, probe, memory)
     rates = {

@@ -155,13 +155,17 @@ def memory_budget(replica_memory: str) -> float | None:
     return gib
 
 
-def memory_fit(replica_memory: str, per_replica: dict[str, int], running: dict[str, int]) -> MemoryFit:
-    """The budget for `--replica-memory`: a number of GiB as given, or auto: the memory available now (the
-    machine's, or its memory cgroup's where that is less: clearml_pipeline.memory.machine_memory; the `running`
-    workers loaded, so what they hold counts as theirs again) less the reserve."""
-    gib = memory_budget(replica_memory)
+# What the caller measured: each stage's memory per replica (bytes), and how many replicas of each are loaded now.
+MemoryReading = tuple[dict[str, int], dict[str, int]]
+
+
+def memory_fit(gib: float | None, per_replica: dict[str, int], running: dict[str, int]) -> MemoryFit:
+    """The budget for `--replica-memory` (memory_budget's reading of it): a number of GiB as given, or auto (None):
+    the memory available now (the machine's, or its memory cgroup's where that is less:
+    clearml_pipeline.memory.machine_memory; the `running` workers loaded, so what they hold counts as theirs
+    again) less the reserve."""
     if gib is not None:
-        return MemoryFit(per_replica, int(gib * GIB), f"--replica-memory {replica_memory} GiB")
+        return MemoryFit(per_replica, int(gib * GIB), f"--replica-memory {gib:g} GiB")
     available, total = machine_memory()
     reserve = max(RESERVE_MIN, int(RESERVE_FRACTION * total))
     held = sum(n * per_replica.get(name, 0) for name, n in running.items())
@@ -213,13 +217,14 @@ def plan(
     gpu: dict[str, bool],
     cores: int,
     measure_cpu_s: Callable[[], dict[str, float]],
-    memory: Callable[[], MemoryFit] | None = None,
+    memory: Callable[[], MemoryReading] | None = None,
 ) -> tuple[dict[str, int], dict[str, int], str]:
     """Replicas and threads per stage from the options, and why those replicas (for the summary);
     `measure_cpu_s` is only called for `auto` replicas, and then `memory` (read after it: the workers it
-    measured are loaded), which auto replicas must fit. Replicas given by hand are used as given."""
+    measured are loaded), whose reading auto replicas must fit within `--replica-memory`. Replicas given by
+    hand are used as given."""
     names = [spec.name for spec in STAGES]
-    memory_budget(options.replica_memory)
+    gib = memory_budget(options.replica_memory)
     if options.replicas == "auto":
         costs = measure_cpu_s()
         replicas = auto_replicas(costs, gpu, cores)
@@ -227,7 +232,7 @@ def plan(
             f"{name} {costs.get(name, 0.0):.3f}" + (" (GPU)" if gpu[name] else "") for name in names
         )
         if memory is not None:
-            replicas, capped = fit_memory(replicas, memory())
+            replicas, capped = fit_memory(replicas, memory_fit(gib, *memory()))
             why += capped
     else:
         replicas = dict(zip(names, parse_ratio(options.replicas, "--replicas"), strict=True))

@@ -11,6 +11,7 @@ while the models load, the workers warm up or rows run), both still write a row 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,10 @@ from clearml_pipeline.execution import (
 )
 from clearml_pipeline.inputs import InputItem
 from clearml_pipeline.replicas import (
-    MemoryFit,
+    MemoryReading,
     StreamingOptions,
     available_cores,
     is_gpu_stage,
-    memory_fit,
     plan,
     worker_memory,
 )
@@ -154,11 +154,11 @@ class StreamingRuntime:
             reached = {s.name: sum(s.name in r.latency_s for r in calibrated) for s in STAGES}
             return {name: probe.stats.cpu_s.get(name, 0.0) / max(n, 1) for name, n in reached.items()}
 
-        def memory() -> MemoryFit:
-            """After the calibration: the memory its workers (one per stage, loaded and warm) hold, which each
-            further replica of theirs would take again."""
-            ones = {spec.name: 1 for spec in STAGES}
-            return memory_fit(self.options.replica_memory, worker_memory(runners[-1].workers.values()), ones)
+        def memory() -> MemoryReading:
+            """After the calibration: the memory its workers (loaded and warm) hold, which each further replica
+            of theirs would take again, and how many of them are loaded."""
+            ready = [worker for worker in runners[-1].workers.values() if worker.ready]
+            return worker_memory(ready), dict(Counter(worker.spec.name for worker in ready))
 
         replicas = {spec.name: 1 for spec in STAGES}
         threads = dict(replicas)

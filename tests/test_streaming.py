@@ -27,6 +27,7 @@ from clearml_pipeline.replicas import (
     StreamingOptions,
     auto_replicas,
     fit_memory,
+    memory_budget,
     memory_fit,
     parse_ratio,
     plan,
@@ -207,21 +208,21 @@ def test_auto_replicas_fit_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = type("VirtualMemory", (), {"total": 32 * GIB, "available": 10 * GIB})
     monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
     monkeypatch.setattr(memory, "PROC_CGROUP", Path("/nonexistent"))  # no cgroup limit (test_machine_memory: one)
-    fit = memory_fit("auto", sizes, dict.fromkeys(NAMES, 1))
+    fit = memory_fit(None, sizes, dict.fromkeys(NAMES, 1))  # auto
     assert fit.budget == pytest.approx(10 * GIB + 7.5 * GIB - 3.2 * GIB, abs=1) and fit.per_replica == sizes
     assert fit.source == "10.0 GiB available beside the loaded workers, 3.2 GiB kept free"
-    assert memory_fit("2.5", sizes, {}).budget == 2.5 * GIB
+    assert memory_fit(memory_budget("2.5"), sizes, {}).budget == 2.5 * GIB
     for bad in ("-1", "lots", "nan"):
         with pytest.raises(ValueError, match="--replica-memory takes auto or a number of GiB >= 0"):
             plan(StreamingOptions(replica_memory=bad), dict.fromkeys(NAMES, False), 2, lambda: {})
     costs = {"speech_translation": 0.12, "machine_translation": 0.02, "speech_synthesis": 0.17}
     cpu = dict.fromkeys(NAMES, False)
     small = StreamingOptions(replica_memory="8")
-    replicas, threads, why = plan(small, cpu, 2, lambda: costs, lambda: memory_fit("8", sizes, {}))
+    replicas, threads, why = plan(small, cpu, 2, lambda: costs, lambda: (sizes, {}))
     assert replicas == dict.fromkeys(NAMES, 1) and threads == dict.fromkeys(NAMES, 1)
     assert why.startswith("auto: 2 cores") and "fewer to fit the memory (--replica-memory 8 GiB" in why
     given = StreamingOptions(replicas="2:1:2", replica_memory="8")
-    assert plan(given, cpu, 2, lambda: costs, lambda: memory_fit("8", sizes, {}))[0] == planned
+    assert plan(given, cpu, 2, lambda: costs, lambda: (sizes, {}))[0] == planned
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
