@@ -146,9 +146,14 @@ class StreamingRunner:
         del self.workers[worker.id]
 
     def _release(self, worker: Worker) -> None:
-        """An exited worker's inbox and pipe let go, and its warm-up folder removed: one stopped or dead while
-        warming up leaves it under OUT."""
-        worker.inbox.cancel_join_thread()
+        """An exited worker's inbox and pipe let go, its warm-up folder removed. The inbox's feeder thread ends here,
+        not at exit, where it was cut off between unlinking a semaphore and unregistering it ("leaked semaphore").
+        Exit code 0: the worker read up to its stop message, so the feeder is idle; a killed one's may be blocked."""
+        worker.inbox.close()
+        if worker.process.exitcode == 0:
+            worker.inbox.join_thread()
+        else:
+            worker.inbox.cancel_join_thread()
         worker.outbox.close()
         shutil.rmtree(warm_up_folder(self.ctx.out, worker.id), ignore_errors=True)
 

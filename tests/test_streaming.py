@@ -291,6 +291,7 @@ def test_streaming_matches_the_inprocess_runner(config: RunConfig, clips: list[P
             timeout=600,
         )
         assert proc.returncode == 1, proc.stderr[-2000:]  # the broken clip
+        assert "leaked semaphore" not in proc.stderr  # each worker's inbox let go before the interpreter's exit
         outputs[name] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     keys = ("id", "status", "stage", "en_text", "zh_text", "no_speech", "zh_audio")
     for name in ("streaming", "auto", "capped"):
@@ -627,6 +628,7 @@ def test_scaling_between_runs_keeps_the_warm_workers_that_fit_and_replaces_the_o
     """What `--replicas auto` does after its calibration run: grow to the plan without loading a model twice."""
     runner = mt_runner(StreamingRunner, config, StreamingOptions(max_wait_ms=5), tmp_path)
     stage = "machine_translation"
+    feeders_before = set(_feeders())
     try:
         with time_limit(420):
             runner.start()
@@ -663,7 +665,14 @@ def test_scaling_between_runs_keeps_the_warm_workers_that_fit_and_replaces_the_o
         runner.close()
     assert not any(w.process.is_alive() for w in runner.workers.values())
     assert not list(tmp_path.glob(".warmup-*"))
+    # every inbox's feeder thread has ended (the stopped workers' ones joined), none left for the interpreter's exit
+    assert set(_feeders()) <= feeders_before
     runner.close()  # a second close does nothing
+
+
+def _feeders() -> list[threading.Thread]:
+    """The multiprocessing queues' feeder threads still running in this process."""
+    return [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
 
 
 def test_a_worker_warms_up_on_a_whole_batch_of_long_rows_in_a_folder_it_removes(tmp_path: Path) -> None:
