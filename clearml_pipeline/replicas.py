@@ -33,13 +33,20 @@ RESERVE_FRACTION, RESERVE_MIN = 0.10, GIB
 @dataclass(frozen=True)
 class StreamingOptions:
     replicas: str = option(
-        "auto", "worker processes per stage in pipeline order, like 1:1:2; auto: sized from measured stage costs"
+        "auto",
+        "worker processes per stage in pipeline order, like 1:1:2; auto: sized from measured stage costs",
+        check=lambda text: text == "auto" or parse_ratio(text, "--replicas"),
     )
-    replica_threads: str = option("auto", "torch threads per replica: auto (cores split among CPU replicas) or 2:1:1")
+    replica_threads: str = option(
+        "auto",
+        "torch threads per replica: auto (cores split among CPU replicas) or 2:1:1",
+        check=lambda text: text == "auto" or parse_ratio(text, "--replica-threads"),
+    )
     replica_memory: str = option(
         "auto",
         "auto replicas: the most memory all streaming workers together may take, in GiB; auto: what is available "
         "with the first workers loaded, less a tenth of the machine's memory (at least 1 GiB)",
+        check=lambda text: memory_budget(text),
     )
     max_wait_ms: float = option(20.0, "dynamic batching: how long a worker waits to fill a batch")
     inbox_batches: int = option(

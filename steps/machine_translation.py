@@ -23,7 +23,7 @@ from resources.weights import LocalModel, resolve_hf_model
 from steps.base import ItemError, ModelInfo, Stage
 from steps.ct2 import ConvertedModel, check_compute_type, device_kwargs, ensure_converted, resolve_compute_type
 from steps.device import pick_device, pick_dtype
-from steps.options import option
+from steps.options import DTYPES, one_of, option
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
@@ -43,7 +43,9 @@ class MachineTranslationOptions:
     model_cache: str | None = option(None, "Hugging Face hub cache folder; None: HF_HUB_CACHE", cache="hf")
     target_token: str = option(">>cmn_Hans<<", "opus-mt target-language token: Simplified Mandarin")
     device: str = option("auto", "auto (cuda when present), cpu, cuda ...")
-    dtype: str = option("auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+    dtype: str = option(
+        "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=one_of(*DTYPES)
+    )
     batch_size: int = option(16, "sentences translated together in one generate() call")
     num_beams: int = option(4, "beam width; 1 is greedy decoding", pipeline=True)
     max_new_tokens: int = option(256, "decode budget per sentence", fixture_cap=48)

@@ -8,26 +8,57 @@ it without a list of names: `model_ref` (a model id, folder or `registry:` ref, 
 Hugging Face id or folder, "espnet" the same or an espnet_model_zoo `kan-bayashi/` name (found as its hub mirror),
 "vocoder" a parallel_wavegan tag or checkpoint; `revision` names the field that pins it,
 `cache_field` the field holding the cache it is looked up in), `cache` (which model cache the field points at: hf,
-espnet, vocoder) and `fixture_cap` (the value a fixture model set gives the field by default: a decode length,
-since random weights never emit end-of-sequence, or no temperature fallback).
+espnet, vocoder), `fixture_cap` (the value a fixture model set gives the field by default: a decode length,
+since random weights never emit end-of-sequence, or no temperature fallback) and `check` (a callable that raises
+ValueError for a value the field does not take: `one_of`, `switch`; argparse and `with_values` run it).
 """
 
 from __future__ import annotations
 
 import argparse
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import Field, asdict, field, fields, replace
+from functools import partial
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 METAVARS = {str: "TEXT", int: "N", float: "X", bool: "{true,false}"}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
     """A dataclass field with its help text (and any of the metadata keys the module docstring lists)."""
     return field(default=default, metadata={"help": help, **meta})
+
+
+def one_of(*choices: str) -> Callable[[Any], None]:
+    """A `check` for a field that takes one of `choices`."""
+
+    def check(value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"takes one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def switch(value: Any) -> None:
+    """The `check` of an auto / true / false field (any case; yes / no, on / off and 1 / 0 are read too)."""
+    if str(value).strip().lower() not in ("auto", *TRUE_WORDS, *FALSE_WORDS):
+        raise ValueError(f"takes auto, true or false; got {value!r}")
+
+
+def check_values(options: Any) -> None:
+    """Every field's `check` (metadata: a callable that raises ValueError) run on its value; the error names the
+    field. Run where options are read (flags, ClearML parameters), so that a typo stops the run there, before
+    its output folder is touched or a step runs, not when the stage that reads the field starts."""
+    for f in fields_with(options, "check"):
+        try:
+            f.metadata["check"](getattr(options, f.name))
+        except ValueError as exc:  # "dtype takes one of ...", or the check's own "--replicas takes ..."
+            raise ValueError(str(exc) if str(exc).startswith("--") else f"{f.name} {exc}") from None
 
 
 def fields_with(options: Any, key: str) -> list[Field[Any]]:
@@ -65,7 +96,9 @@ def with_values(options: T, values: Mapping[str, Any]) -> T:
     """A copy of `options` with the given fields parsed from `values` (unknown keys are ignored)."""
     hints = get_type_hints(type(options))
     changes = {f.name: parse_value(values[f.name], hints[f.name]) for f in fields(options) if f.name in values}  # type: ignore[arg-type]
-    return replace(options, **changes)  # type: ignore[type-var]
+    updated = replace(options, **changes)  # type: ignore[type-var]
+    check_values(updated)
+    return updated
 
 
 def to_params(options: Any) -> dict[str, Any]:
@@ -90,11 +123,22 @@ def add_flags(parser: argparse.ArgumentParser, options: Any, prefix: str, title:
         group.add_argument(
             f"--{prefix}{f.name.replace('_', '-')}",
             dest=_dest(prefix, f.name),
-            type=lambda text, hint=hints[f.name]: parse_value(text, hint),
+            type=partial(_flag_value, hint=hints[f.name], check=f.metadata.get("check")),
             default=argparse.SUPPRESS,
             metavar=METAVARS.get(_unwrap(hints[f.name])[0], "VALUE"),
             help=f"{help_text} (default: {default!r})" if help_text else f"(default: {default!r})",
         )
+
+
+def _flag_value(text: str, hint: Any, check: Callable[[Any], None] | None) -> Any:
+    """A flag's value, parsed and checked: argparse reports a bad one at once, as a usage error (exit 2)."""
+    value = parse_value(text, hint)
+    if check is not None:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def flags_given(args: argparse.Namespace, options: Any, prefix: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from steps.base import ItemError, ModelInfo, Stage
 from steps.channels_last import channels_last_convolutions
 from steps.device import pick_device, pick_dtype
 from steps.fused_hifigan import fuse
-from steps.options import TRUE_WORDS, option
+from steps.options import DTYPES, TRUE_WORDS, one_of, option, switch
 from steps.packed_lstm import packable, packed_cells
 from steps.tacotron_batch import (
     Cell,
@@ -72,7 +72,7 @@ class SpeechSynthesisOptions:
     device: str = option("cpu", "cpu or cuda (Tacotron2 decodes step by step: CPU is where it is meant to run)")
     # float32 by default: the mission's models as trained. bfloat16 pays where the CPU computes it natively
     # (AVX-512 BF16, AMX: the weight-bound batched LSTM steps read half the bytes); elsewhere it is emulated.
-    dtype: str = option("float32", "float32, or bfloat16 / float16: autocast precision of the model and vocoder")
+    dtype: str = option("float32", "float32, bfloat16 or float16: model and vocoder autocast", check=one_of(*DTYPES))
     max_piece_chars: int = option(50, "text is split at sentence, then clause punctuation into pieces this long")
     pause_seconds: float = option(0.25, "silence between synthesized pieces")
     # Tacotron2 decoding bounds (ESPnet's defaults): at most 10 frames per input token.
@@ -84,34 +84,35 @@ class SpeechSynthesisOptions:
     batch_size: int = option(8, "text pieces synthesized together in one Tacotron2 + HiFiGAN pass; 1: one by one")
     # Measured on 2 CPU cores (full-size HiFiGAN, 8 pieces): one padded generator call took 2.5x the time of
     # eight lone calls (long padded convolutions thrash the caches), so the CPU default vocodes piece by piece.
-    batch_vocoder: str = option("auto", "auto (one generator call per batch on CUDA, per piece on CPU), true, false")
+    batch_vocoder: str = option("auto", "auto (a call per batch on CUDA, per piece on CPU), true, false", check=switch)
     # steps.channels_last: on a CPU the vocoder's convolutions copied their input into oneDNN's layout and back at
     # every layer; on channels-last views HiFiGAN ran 1.3x (float32) to 2.4x (bfloat16) faster, same samples.
-    channels_last: str = option("auto", "vocoder convolutions on channels-last views: auto (on CPU), true, false")
+    channels_last: str = option("auto", "vocoder convolutions channels-last: auto (on CPU), true, false", check=switch)
     # steps.fused_hifigan: full-size HiFiGAN, six pieces, 2 threads: bfloat16 9 % less time, float32 4 %; in
     # bfloat16 a sample may differ from the plain forward's by a unit or two of the last place.
     fused_vocoder: str = option(
         "auto", "HiFiGAN's LeakyReLUs and residual additions inside its convolutions: auto (with channels_last), "
-        "true, false"
+        "true, false", check=switch,
     )
     # steps.tacotron_batch.bucketed_vocode: oneDNN builds convolution primitives per input length and caches
     # about a dozen lengths of a HiFiGAN, so exact lengths made nearly every utterance pay for new ones.
     vocoder_bucket_frames: int = option(
         32, "batched path: HiFiGAN input padded (masked, same samples) to a multiple of this many frames; 1: exact"
     )
-    # steps.tacotron_batch.windowed_vocode: 90 pieces at random lengths of 32-999 frames, full-size HiFiGAN, bfloat16
-    # (AMX), 2 threads, the last 60 timed: 119 s in 32-frame buckets (oneDNN's cache keeps ~12 of the 31 lengths),
-    # 15 s in 384-frame windows; the samples identical.
+    # steps.tacotron_batch.windowed_vocode: 90 pieces of 32-999 frames, full-size HiFiGAN, bfloat16 (AMX), 2 threads:
+    # 119 s in 32-frame buckets (oneDNN's cache keeps ~12 of the 31 lengths), 15 s in 384-frame windows, same samples.
     vocoder_windows: str = option(
         "auto", "a HiFiGAN input longer than vocoder_window_frames vocoded in overlapping windows of that length "
-        "(same samples, one input length): auto (a HiFiGAN vocoded piece by piece, the CPU default), true, false"
+        "(same samples, one input length): auto (a HiFiGAN vocoded piece by piece, the CPU default), true, false",
+        check=switch,
     )
     vocoder_window_frames: int = option(384, "the windows' length in frames (more than twice the HiFiGAN's reach)")
     # steps.packed_lstm: the batched decoder's LSTM products on weights packed once for oneDNN. Full-size CSMSC
     # Tacotron2, 8 pieces, 2 threads: decoding took 0.92 -> 0.80 s in bfloat16 (same mels bit for bit) and
     # 1.23 -> 0.99 s in float32 (within 2e-6). ESPnet's own path (batch_size 1) is left as ESPnet runs it.
     packed_lstm: str = option(
-        "auto", "batched Tacotron2's LSTM weights packed for oneDNN: auto (CPU; float32 from 512 units), true, false"
+        "auto", "batched Tacotron2's LSTM weights packed for oneDNN: auto (CPU; float32 from 512 units), true, false",
+        check=switch,
     )
     model_cache: str = option("~/.cache/espnet_model_zoo", "the ESPnet model cache folder", cache="espnet")
     vocoder_cache: str = option("~/.cache/parallel_wavegan", "the parallel_wavegan vocoder cache", cache="vocoder")

@@ -17,7 +17,7 @@ import numpy as np
 
 from resources.audio import WHISPER_SAMPLE_RATE, Audio, speech_seconds, split_long
 from steps.base import ItemError, Stage
-from steps.options import option
+from steps.options import DTYPES, one_of, option
 from steps.vad import Segment, VadSettings, spans, speech_segments
 from steps.whisper_decoding import Decoded, FallbackRules, decode_with_fallback, skipped, temperatures
 
@@ -43,7 +43,9 @@ class SpeechTranslationOptions:
     revision: str | None = option(None, "hub revision (commit) to pin; None: the cached or newest one")
     model_cache: str | None = option(None, "Hugging Face hub cache folder; None: HF_HUB_CACHE", cache="hf")
     device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...")
-    dtype: str = option("auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+    dtype: str = option(
+        "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=one_of(*DTYPES)
+    )
     batch_size: int = option(8, "segments (of at most 30 s) decoded together in one pass", pipeline=True)
     language: str = option("es", "the source language Whisper is told")
     task: str = option("translate", "translate (to English) or transcribe; forced on every segment and every retry")

@@ -90,3 +90,38 @@ def test_every_command_prints_its_help() -> None:
         text = command.format_help()
         assert f"usage: python -m clearml_pipeline {name}" in text, name
     assert "--replica-memory" in commands["run"].format_help()
+
+
+def test_a_value_an_option_does_not_take_stops_at_the_flag_and_at_the_parameter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """dtypes, auto / true / false switches and the streaming runtime's ratios and memory are checked where they are
+    read: a typo used to surface only when its stage started (the steps runtime: after the earlier steps had run)."""
+    from clearml_pipeline.__main__ import build_parser
+
+    tts = parse("--tts-dtype", "bfloat16", "--tts-packed-lstm", "False", "--tts-channels-last", "no")
+    assert (tts.tts_dtype, tts.tts_packed_lstm, tts.tts_channels_last) == ("bfloat16", "False", "no")
+    for argv, message in (
+        (["--tts-dtype", "float8"], "--tts-dtype: takes one of auto, float32, float16, bfloat16; got 'float8'"),
+        (["--st-dtype", "fp16"], "argument --st-dtype: takes one of"),
+        (["--tts-packed-lstm", "ture"], "argument --tts-packed-lstm: takes auto, true or false; got 'ture'"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            parse(*argv)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    run = build_parser()
+    for argv, message in (
+        (["--replicas", "1:x"], "--replicas takes 3 positive integers"),
+        (["--replica-threads", "0:1:1"], "--replica-threads takes 3 positive integers"),
+        (["--replica-memory", "lots"], "--replica-memory takes auto or a number of GiB >= 0"),
+    ):
+        with pytest.raises(SystemExit):
+            run.parse_args(["run", "--local", "--runtime", "streaming", *argv])
+        assert message in capsys.readouterr().err
+    # ClearML parameters (a step task's, a run edited in the web UI) are read through with_values
+    tts_options = RunConfig().speech_synthesis
+    with pytest.raises(ValueError, match=r"^dtype takes one of auto, float32, float16, bfloat16; got 'float8'$"):
+        with_values(tts_options, {"dtype": "float8"})
+    with pytest.raises(ValueError, match=r"^vocoder_windows takes auto, true or false"):
+        with_values(tts_options, {"vocoder_windows": "sometimes"})
+    assert with_values(tts_options, {"vocoder_windows": "TRUE", "dtype": "auto"}).vocoder_windows == "TRUE"
