@@ -21,16 +21,25 @@ import torch
 
 from resources.weights import LocalModel, resolve_hf_model
 from steps.base import ItemError, ModelInfo, Stage
-from steps.ct2 import ConvertedModel, check_compute_type, device_kwargs, ensure_converted, resolve_compute_type
+from steps.ct2 import (
+    COMPUTE_TYPES,
+    ConvertedModel,
+    check_compute_type,
+    device_kwargs,
+    ensure_converted,
+    resolve_compute_type,
+)
 from steps.device import pick_device, pick_dtype
-from steps.options import DTYPES, one_of, option
+from steps.options import DTYPES, one_of, option, torch_device
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
 
 @dataclass(frozen=True)
 class MachineTranslationOptions:
-    backend: str = option("transformers", "transformers, or ctranslate2", pipeline=True)
+    backend: str = option(
+        "transformers", "transformers, or ctranslate2", pipeline=True, check=one_of("transformers", "ctranslate2")
+    )
     model: str = option(
         "Helsinki-NLP/opus-mt-en-zh",
         "MarianMT id, local folder or registry: ref",
@@ -42,7 +51,7 @@ class MachineTranslationOptions:
     revision: str | None = option(None, "hub revision (commit) to pin; None: the cached or newest one")
     model_cache: str | None = option(None, "Hugging Face hub cache folder; None: HF_HUB_CACHE", cache="hf")
     target_token: str = option(">>cmn_Hans<<", "opus-mt target-language token: Simplified Mandarin")
-    device: str = option("auto", "auto (cuda when present), cpu, cuda ...")
+    device: str = option("auto", "auto (cuda when present), cpu, cuda ...", check=torch_device)
     dtype: str = option(
         "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=one_of(*DTYPES)
     )
@@ -51,7 +60,9 @@ class MachineTranslationOptions:
     max_new_tokens: int = option(256, "decode budget per sentence", fixture_cap=48)
     min_new_tokens: int = option(0, "minimum tokens per sentence (benchmarks: fixed decode lengths)")
     compute_type: str = option(
-        "auto", "ctranslate2 backend only: auto (int8 on CPU, float16 on CUDA), float32, int8_float16 ... (steps.ct2)"
+        "auto",
+        "ctranslate2 backend only: auto (int8 on CPU, float16 on CUDA), float32, int8_float16 ... (steps.ct2)",
+        check=one_of(*COMPUTE_TYPES),
     )
     ct2_cache: str | None = option(
         None, "where ctranslate2 conversions are cached; None: $S2ST_CT2_CACHE or ~/.cache/s2st/ct2"

@@ -16,6 +16,7 @@ ValueError for a value the field does not take: `one_of`, `switch`; argparse and
 from __future__ import annotations
 
 import argparse
+import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import Field, asdict, field, fields, replace
@@ -48,6 +49,12 @@ def switch(value: Any) -> None:
     """The `check` of an auto / true / false field (any case; yes / no, on / off and 1 / 0 are read too)."""
     if str(value).strip().lower() not in ("auto", *TRUE_WORDS, *FALSE_WORDS):
         raise ValueError(f"takes auto, true or false; got {value!r}")
+
+
+def torch_device(value: Any) -> None:
+    """The `check` of a device field: auto, cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(value)):
+        raise ValueError(f"takes auto, cpu, cuda or cuda:N; got {value!r}")
 
 
 def check_values(options: Any) -> None:

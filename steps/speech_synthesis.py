@@ -33,7 +33,7 @@ from steps.base import ItemError, ModelInfo, Stage
 from steps.channels_last import channels_last_convolutions
 from steps.device import pick_device, pick_dtype
 from steps.fused_hifigan import fuse
-from steps.options import DTYPES, TRUE_WORDS, one_of, option, switch
+from steps.options import DTYPES, TRUE_WORDS, one_of, option, switch, torch_device
 from steps.packed_lstm import packable, packed_cells
 from steps.tacotron_batch import (
     Cell,
@@ -52,7 +52,7 @@ from steps.zh_text import PUNCTUATION, normalize_numbers, split_sentences
 
 @dataclass(frozen=True)
 class SpeechSynthesisOptions:
-    backend: str = option("espnet", "espnet (Text2Speech)")
+    backend: str = option("espnet", "espnet (Text2Speech)", check=one_of("espnet"))
     model: str = option(
         "espnet/kan-bayashi_csmsc_tts_train_tacotron2_raw_phn_pypinyin_g2p_phone_train.loss.best",
         "ESPnet TTS model: hub id (espnet/...), zoo name (kan-bayashi/...), local folder or registry: ref",
@@ -69,7 +69,7 @@ class SpeechSynthesisOptions:
         cache_field="vocoder_cache",
         pipeline=True,
     )
-    device: str = option("cpu", "cpu or cuda (Tacotron2 decodes step by step: CPU is where it is meant to run)")
+    device: str = option("cpu", "cpu or cuda (Tacotron2 decodes step by step: meant for the CPU)", check=torch_device)
     # float32 by default: the mission's models as trained. bfloat16 pays where the CPU computes it natively
     # (AVX-512 BF16, AMX: the weight-bound batched LSTM steps read half the bytes); elsewhere it is emulated.
     dtype: str = option("float32", "float32, bfloat16 or float16: model and vocoder autocast", check=one_of(*DTYPES))

@@ -17,7 +17,8 @@ import numpy as np
 
 from resources.audio import WHISPER_SAMPLE_RATE, Audio, speech_seconds, split_long
 from steps.base import ItemError, Stage
-from steps.options import DTYPES, one_of, option
+from steps.ct2 import COMPUTE_TYPES
+from steps.options import DTYPES, one_of, option, torch_device
 from steps.vad import Segment, VadSettings, spans, speech_segments
 from steps.whisper_decoding import Decoded, FallbackRules, decode_with_fallback, skipped, temperatures
 
@@ -31,6 +32,7 @@ class SpeechTranslationOptions:
         "transformers",
         "transformers, or ctranslate2 (as faster-whisper runs Whisper; needed for CTranslate2 folders)",
         pipeline=True,
+        check=one_of("transformers", "ctranslate2"),
     )
     model: str = option(
         "openai/whisper-large",
@@ -42,7 +44,7 @@ class SpeechTranslationOptions:
     )
     revision: str | None = option(None, "hub revision (commit) to pin; None: the cached or newest one")
     model_cache: str | None = option(None, "Hugging Face hub cache folder; None: HF_HUB_CACHE", cache="hf")
-    device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...")
+    device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...", check=torch_device)
     dtype: str = option(
         "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=one_of(*DTYPES)
     )
@@ -76,7 +78,9 @@ class SpeechTranslationOptions:
     min_speech_seconds: float = option(0.3, "audio with less speech above the level threshold is no_speech")
     silence_threshold_dbfs: float = option(-40.0, "a 30 ms frame louder than this counts as speech (level gate)")
     compute_type: str = option(
-        "auto", "ctranslate2 backend only: auto (int8 on CPU, float16 on CUDA), float32, int8_float16 ... (steps.ct2)"
+        "auto",
+        "ctranslate2 backend only: auto (int8 on CPU, float16 on CUDA), float32, int8_float16 ... (steps.ct2)",
+        check=one_of(*COMPUTE_TYPES),
     )
     ct2_cache: str | None = option(
         None, "where ctranslate2 conversions are cached; None: $S2ST_CT2_CACHE or ~/.cache/s2st/ct2"

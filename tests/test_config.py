@@ -125,3 +125,25 @@ def test_a_value_an_option_does_not_take_stops_at_the_flag_and_at_the_parameter(
     with pytest.raises(ValueError, match=r"^vocoder_windows takes auto, true or false"):
         with_values(tts_options, {"vocoder_windows": "sometimes"})
     assert with_values(tts_options, {"vocoder_windows": "TRUE", "dtype": "auto"}).vocoder_windows == "TRUE"
+    for argv, message in (
+        (["--st-device", "gpu"], "--st-device: takes auto, cpu, cuda or cuda:N; got 'gpu'"),
+        (["--mt-compute-type", "int4"], "--mt-compute-type: takes one of auto, int8,"),
+        (["--mt-backend", "marian"], "--mt-backend: takes one of transformers, ctranslate2; got 'marian'"),
+        (["--eval-device", "cuda:x"], "--eval-device: takes auto, cpu, cuda or cuda:N"),
+    ):
+        with pytest.raises(SystemExit):
+            parse(*argv)
+        assert message in capsys.readouterr().err
+    assert parse("--st-device", "cuda:1", "--tts-device", "cpu").st_device == "cuda:1"
+
+
+def test_every_stage_takes_exactly_the_backends_it_has() -> None:
+    """The backend flags' check lists the backends by name; the stage registry (steps.stages) is what runs them."""
+    from steps.options import check_values
+    from steps.stages import STAGES
+
+    for spec in STAGES:
+        for backend in spec.backends:
+            check_values(dataclasses.replace(spec.options(), backend=backend))
+        with pytest.raises(ValueError, match=r"^backend takes one of"):
+            check_values(dataclasses.replace(spec.options(), backend="nope"))

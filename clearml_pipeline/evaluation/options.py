@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from steps.options import option
+from steps.options import option, torch_device
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class EvaluationOptions:
     asr_max_new_tokens: int = option(
         440, "decode budget per 30 s chunk (fixture runs: the fixture cap unless set)", fixture_cap=32
     )
-    device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...")
+    device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...", check=torch_device)
     intelligibility: bool = option(True, "transcribe the synthesized Mandarin and score its CER against zh_text")
     spanish_wer: bool = option(
         False, "transcribe the source audio (es) and score its WER against the manifest sentence: a second pass"
