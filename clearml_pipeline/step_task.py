@@ -183,10 +183,16 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: unknown step {io.name!r}; choose from {', '.join(step_names())}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     step = pipeline_step(io.name)
-    config = PipelineConfig.from_dict(json.loads(args.config.read_text())) if args.config else PipelineConfig()
-    config = config.updated(
-        {section: asdict(connect_section(task, config.section(section), section)) for section in step.sections}
-    )
+    try:  # a value its field does not take (steps.options checks), as edited in the web UI: one line, exit 2
+        config = PipelineConfig.from_dict(json.loads(args.config.read_text())) if args.config else PipelineConfig()
+        config = config.updated(
+            {section: asdict(connect_section(task, config.section(section), section)) for section in step.sections}
+        )
+    except ValueError as exc:
+        print(f"error: {io.name}: {exc}", file=sys.stderr)
+        if not (args.offline or Task.is_offline()):  # the controller sees the failure by the task's status
+            task.mark_failed(status_reason=str(exc)[:250], force=True)
+        return EXIT_SETUP_FAILED
     if args.queue and task.running_locally():
         task.execute_remotely(queue_name=args.queue, exit_process=True)
     offline = args.offline or Task.is_offline()

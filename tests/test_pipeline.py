@@ -138,6 +138,24 @@ def test_a_step_resumes_from_partial_results(run: dict[str, Any], tmp_path: Path
     assert list((tmp_path / "clearml").glob("machine_translation.offline-*.zip"))
 
 
+def test_a_step_given_a_value_its_option_does_not_take_stops_in_one_line(run: dict[str, Any], tmp_path: Path) -> None:
+    """What a task parameter mistyped in the web UI does to its step: one error line and exit 2, not a traceback
+    (here through the pipeline.json that a step reads its config from, offline; the same check reads both)."""
+    out = run["out"]
+    config = json.loads((out / "pipeline.json").read_text())
+    config["machine_translation"]["dtype"] = "float8"
+    (tmp_path / "pipeline.json").write_text(json.dumps(config))
+    proc = cli("clearml_pipeline.step_task", "--step", "machine_translation", "--offline",
+               "--dataset", json.loads((out / "summary.json").read_text())["dataset"]["ref"],
+               "--input", str(out / "steps" / "speech_translation"), "--output", str(tmp_path / "mt"),
+               "--config", str(tmp_path / "pipeline.json"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: machine_translation: dtype takes one of auto, float32, float16, bfloat16; got 'float8'" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr and not (tmp_path / "mt" / "results.jsonl").exists()
+
+
 def mt_resume_key(out: Path, step_out: Path, changes: dict[str, Any] | None = None) -> str:
     """The resume key machine translation gives the run's first item (with the config `changes`, another one)."""
     from clearml_pipeline.config import PipelineConfig
