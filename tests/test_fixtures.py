@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -259,7 +260,7 @@ def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, s
     )
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return cli_root, seconds, proc.stdout, build_fixtures(tmp_path_factory.mktemp("build_api"))
+    return cli_root, seconds, proc.stdout + proc.stderr, build_fixtures(tmp_path_factory.mktemp("build_api"))
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -274,6 +275,14 @@ def test_a_cold_build_takes_well_under_a_minute(two_builds: tuple[Path, float, s
     cli_root, seconds, stdout, _ = two_builds
     assert seconds < 45, f"building took {seconds:.1f} s"
     assert f"hf_hub_cache: {cli_root.resolve() / 'hf_hub'}" in stdout and "HF_HUB_OFFLINE=1" in stdout
+
+
+def test_a_build_says_where_its_caches_are_and_nothing_else(two_builds: tuple[Path, float, str, FixtureCaches]) -> None:
+    """A newcomer's first run builds the fixtures: no notice from the libraries about what we build from (espnet's
+    flash_attn import, its FastSpeech2 config fallbacks, deprecations)."""
+    output = two_builds[2]
+    assert output.startswith("fixtures ready in ") and "HF_HUB_OFFLINE=1" in output
+    assert not [line for line in output.splitlines() if re.search(r"warning|flash|fallback", line, re.IGNORECASE)]
 
 
 def test_two_builds_are_identical_byte_for_byte(two_builds: tuple[Path, float, str, FixtureCaches]) -> None:
