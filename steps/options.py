@@ -10,7 +10,8 @@ Hugging Face id or folder, "espnet" the same or an espnet_model_zoo `kan-bayashi
 `cache_field` the field holding the cache it is looked up in), `cache` (which model cache the field points at: hf,
 espnet, vocoder), `fixture_cap` (the value a fixture model set gives the field by default: a decode length,
 since random weights never emit end-of-sequence, or no temperature fallback) and `check` (a callable that raises
-ValueError for a value the field does not take: `one_of`, `switch`; argparse and `with_values` run it).
+ValueError for a value the field does not take: `one_of`, `switch`, `torch_device`; argparse and `with_values`
+run it).
 """
 
 from __future__ import annotations
@@ -139,7 +140,11 @@ def add_flags(parser: argparse.ArgumentParser, options: Any, prefix: str, title:
 
 def _flag_value(text: str, hint: Any, check: Callable[[Any], None] | None) -> Any:
     """A flag's value, parsed and checked: argparse reports a bad one at once, as a usage error (exit 2)."""
-    value = parse_value(text, hint)
+    try:
+        value = parse_value(text, hint)
+    except ValueError:
+        kind = {int: "a whole number", float: "a number"}.get(_unwrap(hint)[0], "a value")
+        raise argparse.ArgumentTypeError(f"takes {kind}; got {text!r}") from None
     if check is not None:
         try:
             check(value)

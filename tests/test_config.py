@@ -105,6 +105,8 @@ def test_a_value_an_option_does_not_take_stops_at_the_flag_and_at_the_parameter(
         (["--tts-dtype", "float8"], "--tts-dtype: takes one of auto, float32, float16, bfloat16; got 'float8'"),
         (["--st-dtype", "fp16"], "argument --st-dtype: takes one of"),
         (["--tts-packed-lstm", "ture"], "argument --tts-packed-lstm: takes auto, true or false; got 'ture'"),
+        (["--limit", "abc"], "argument --limit: takes a whole number; got 'abc'"),
+        (["--tts-pause-seconds", "1,5"], "argument --tts-pause-seconds: takes a number; got '1,5'"),
     ):
         with pytest.raises(SystemExit) as stopped:
             parse(*argv)
