@@ -89,6 +89,8 @@ def parse_value(value: Any, hint: Any) -> Any:
         if optional and value.strip() in ("", "None"):
             return None
         if hint is bool:
+            if value.strip().lower() not in (*TRUE_WORDS, *FALSE_WORDS):
+                raise ValueError(f"a boolean is true or false, got {value!r}")  # "ture" was read as false
             return value.strip().lower() in TRUE_WORDS
         if hint in (int, float):
             return hint(value.strip())
@@ -103,7 +105,13 @@ def parse_value(value: Any, hint: Any) -> Any:
 def with_values(options: T, values: Mapping[str, Any]) -> T:
     """A copy of `options` with the given fields parsed from `values` (unknown keys are ignored)."""
     hints = get_type_hints(type(options))
-    changes = {f.name: parse_value(values[f.name], hints[f.name]) for f in fields(options) if f.name in values}  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for f in fields(options):
+        if f.name in values:
+            try:
+                changes[f.name] = parse_value(values[f.name], hints[f.name])
+            except ValueError as exc:  # the field named: a parameter edited in the web UI is found by its name
+                raise ValueError(f"{f.name}: {exc}") from None
     updated = replace(options, **changes)  # type: ignore[type-var]
     check_values(updated)
     return updated
@@ -143,7 +151,7 @@ def _flag_value(text: str, hint: Any, check: Callable[[Any], None] | None) -> An
     try:
         value = parse_value(text, hint)
     except ValueError:
-        kind = {int: "a whole number", float: "a number"}.get(_unwrap(hint)[0], "a value")
+        kind = {int: "a whole number", float: "a number", bool: "true or false"}.get(_unwrap(hint)[0], "a value")
         raise argparse.ArgumentTypeError(f"takes {kind}; got {text!r}") from None
     if check is not None:
         try:

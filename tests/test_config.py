@@ -72,7 +72,9 @@ def test_an_explicit_option_beats_the_model_sets_defaults() -> None:
 
 
 def test_the_one_parser() -> None:
-    assert parse_value("yes", bool) is True and parse_value("0", bool) is False
+    assert parse_value("yes", bool) is True and parse_value("0", bool) is False and parse_value("False", bool) is False
+    with pytest.raises(ValueError, match="a boolean is true or false"):
+        parse_value("ture", bool)
     assert parse_value(" 7 ", int) == 7 and parse_value("", int | None) is None
     assert with_values(RunConfig().runner, {"limit": "5", "unknown": 1}).limit == 5
     with pytest.raises(ValueError):
@@ -106,6 +108,7 @@ def test_a_value_an_option_does_not_take_stops_at_the_flag_and_at_the_parameter(
         (["--st-dtype", "fp16"], "argument --st-dtype: takes one of"),
         (["--tts-packed-lstm", "ture"], "argument --tts-packed-lstm: takes auto, true or false; got 'ture'"),
         (["--limit", "abc"], "argument --limit: takes a whole number; got 'abc'"),
+        (["--eval-plots", "ture"], "argument --eval-plots: takes true or false; got 'ture'"),
         (["--tts-pause-seconds", "1,5"], "argument --tts-pause-seconds: takes a number; got '1,5'"),
     ):
         with pytest.raises(SystemExit) as stopped:
@@ -127,6 +130,8 @@ def test_a_value_an_option_does_not_take_stops_at_the_flag_and_at_the_parameter(
     with pytest.raises(ValueError, match=r"^vocoder_windows takes auto, true or false"):
         with_values(tts_options, {"vocoder_windows": "sometimes"})
     assert with_values(tts_options, {"vocoder_windows": "TRUE", "dtype": "auto"}).vocoder_windows == "TRUE"
+    with pytest.raises(ValueError, match=r"^batch_size: invalid literal for int"):
+        with_values(tts_options, {"batch_size": "eight"})
     for argv, message in (
         (["--st-device", "gpu"], "--st-device: takes auto, cpu, cuda or cuda:N; got 'gpu'"),
         (["--mt-compute-type", "int4"], "--mt-compute-type: takes one of auto, int8,"),
