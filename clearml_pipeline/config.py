@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from steps.options import add_flags, flags_given, option, with_values
+from registry.model_sets import MODEL_SETS
+from steps.options import add_flags, flags_given, one_of, option, with_values
 from steps.stages import STAGES, StageSpec
 
 Changes = Mapping[str, Mapping[str, Any]]  # section -> {field: value}; values may be strings
@@ -34,6 +35,7 @@ class RunnerOptions:
         "hub",
         "model set: hub (the real model ids), fixtures (tiny random models: noise out, offline), fixtures-full",
         pipeline=True,
+        check=one_of(*MODEL_SETS),
     )
     threads: int = option(0, "torch intra-op threads; 0 leaves torch's default")
 

@@ -109,6 +109,7 @@ def test_a_value_an_option_does_not_take_stops_at_the_flag_and_at_the_parameter(
         (["--tts-packed-lstm", "ture"], "argument --tts-packed-lstm: takes auto, true or false; got 'ture'"),
         (["--limit", "abc"], "argument --limit: takes a whole number; got 'abc'"),
         (["--eval-plots", "ture"], "argument --eval-plots: takes true or false; got 'ture'"),
+        (["--models", "fixture"], "argument --models: takes one of hub, fixtures, fixtures-full; got 'fixture'"),
         (["--tts-pause-seconds", "1,5"], "argument --tts-pause-seconds: takes a number; got '1,5'"),
     ):
         with pytest.raises(SystemExit) as stopped:
