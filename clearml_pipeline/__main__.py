@@ -198,6 +198,8 @@ def run_local(args: argparse.Namespace) -> int:
     from clearml_pipeline.execution import start_outputs
 
     started = time.time()
+    if not args.input.exists():  # before OUT is emptied: a mistyped path leaves an earlier run's output as it was
+        raise FileNotFoundError(f"input {args.input} does not exist")
     check_output(args.output)
     start_outputs(args.output)
     try:
