@@ -193,23 +193,43 @@ def run_remote(args: argparse.Namespace) -> int:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    """`run --local`: OUT checked and emptied of an earlier run's files first; interrupted anywhere (even while
-    the config and models are prepared), every input still gets a row in OUT/results.jsonl."""
+    """`run --local`: what stops a run at once (a missing input or model) is found before OUT is emptied of an
+    earlier run's files; interrupted anywhere (even while the models are located), every input still gets a row in
+    OUT/results.jsonl."""
     from clearml_pipeline.execution import start_outputs
 
     started = time.time()
-    if not args.input.exists():  # before OUT is emptied: a mistyped path leaves an earlier run's output as it was
+    if not args.input.exists():
         raise FileNotFoundError(f"input {args.input} does not exist")
     check_output(args.output)
-    start_outputs(args.output)
+    emptied = False
     try:
         release_signals()  # one held back while the command started lands here, where it is handled
+        locate_models(args)
+        start_outputs(args.output)
+        emptied = True
         if args.runtime == "steps":
             return run_steps(args, started)
         return run_in_this_process(args)
     except KeyboardInterrupt:
+        if not emptied:
+            start_outputs(args.output)
         write_interrupted(args)
         return interrupted_exit_code()
+
+
+def locate_models(args: argparse.Namespace) -> None:
+    """Every model the run will load located, none loaded (clearml_pipeline.model_check; the steps runtime checks
+    again as it starts, from the caches this filled): a missing one must not cost an earlier run's output."""
+    from clearml_pipeline.config import config_from_flags
+    from clearml_pipeline.model_check import check_models, locate_section
+
+    if args.runtime == "steps":
+        check_models(config_from_flags(args, evaluation=True))
+        return
+    config, _ = ready_config(config_from_flags(args))
+    for name, options in config.stages.items():
+        locate_section(name, options)
 
 
 def run_in_this_process(args: argparse.Namespace) -> int:

@@ -82,6 +82,12 @@ def resolve_hf_model(
     folder = Path(model_id).expanduser()
     if folder.is_dir():
         return LocalModel(model_id, revision or "local", folder.resolve())
+    if folder.exists() or model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:  # a path, not a hub id
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ModelUnavailableError(
+            f"model folder {model_id!r} {what}: give a folder holding the model's files, or a hub id (name or "
+            "namespace/name)"
+        )
     try:
         path = snapshot_download(
             model_id, revision=revision, cache_dir=cache, local_files_only=True, ignore_patterns=IGNORE_PATTERNS

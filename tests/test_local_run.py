@@ -217,7 +217,9 @@ def test_an_output_that_is_a_file_or_cannot_be_written_is_one_sentence_and_exit_
         assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
-def test_a_mistyped_option_or_input_stops_the_run_before_it_touches_an_earlier_runs_output(tmp_path: Path) -> None:
+def test_a_mistyped_option_input_or_model_stops_the_run_before_it_touches_an_earlier_runs_output(
+    fixture_caches: Any, tmp_path: Path
+) -> None:
     clip, out = tone(tmp_path / "a.wav", 1.0), tmp_path / "out"
     out.mkdir()
     (out / "results.jsonl").write_text('{"id": "earlier"}\n')
@@ -228,6 +230,12 @@ def test_a_mistyped_option_or_input_stops_the_run_before_it_touches_an_earlier_r
     for runtime in ("steps", "inprocess"):  # a mistyped input path, in the default runtime and another
         proc = _run("--runtime", runtime, "--input", str(tmp_path / "a.wva"), "--output", str(out))
         assert proc.returncode == 2 and f"error: input {tmp_path / 'a.wva'} does not exist" in proc.stderr
+        assert (out / "results.jsonl").read_text() == '{"id": "earlier"}\n'
+        proc = _run("--runtime", runtime, "--mt-model", str(tmp_path / "no-model"), "--input", str(clip),
+                    "--output", str(out))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        missing = f"machine_translation.model (--mt-model): model folder '{tmp_path / 'no-model'}' does not exist"
+        assert missing in proc.stderr and "Traceback" not in proc.stderr
         assert (out / "results.jsonl").read_text() == '{"id": "earlier"}\n'
 
 

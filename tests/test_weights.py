@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,16 @@ def test_offline_mode_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_a_local_folder_is_used_as_is(tmp_path: Path) -> None:
     local = hub.resolve_hf_model(str(tmp_path))
     assert local.path == tmp_path.resolve() and local.revision == "local"
+
+
+def test_a_mistyped_folder_is_named_as_a_folder_not_taken_for_a_hub_id(tmp_path: Path) -> None:
+    """A path is never looked up on the hub (huggingface_hub answered 'Repo id must be in the form ...')."""
+    (tmp_path / "weights.bin").write_bytes(b"")
+    for given, what in ((tmp_path / "mdoel", "does not exist"), (tmp_path / "weights.bin", "is not a folder")):
+        with pytest.raises(hub.ModelUnavailableError, match=re.escape(f"model folder '{given}' {what}")):
+            hub.resolve_hf_model(str(given), cache_dir=tmp_path)
+    with pytest.raises(hub.ModelUnavailableError, match=re.escape("model folder './opus-mt' does not exist")):
+        hub.resolve_hf_model("./opus-mt", cache_dir=tmp_path)
 
 
 def test_reachable_is_false_for_closed_ports_and_unknown_hosts() -> None:
