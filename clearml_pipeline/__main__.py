@@ -222,14 +222,9 @@ def locate_models(args: argparse.Namespace) -> None:
     """Every model the run will load located, none loaded (clearml_pipeline.model_check; the steps runtime checks
     again as it starts, from the caches this filled): a missing one must not cost an earlier run's output."""
     from clearml_pipeline.config import config_from_flags
-    from clearml_pipeline.model_check import check_models, locate_section
+    from clearml_pipeline.model_check import check_models
 
-    if args.runtime == "steps":
-        check_models(config_from_flags(args, evaluation=True))
-        return
-    config, _ = ready_config(config_from_flags(args))
-    for name, options in config.stages.items():
-        locate_section(name, options)
+    check_models(config_from_flags(args, evaluation=args.runtime == "steps"))  # only the steps runtime evaluates
 
 
 def run_in_this_process(args: argparse.Namespace) -> int:

@@ -14,16 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clearml_pipeline.config import PipelineConfig, flag_prefix
+from clearml_pipeline.config import PipelineConfig, RunConfig, flag_prefix
 from resources.weights import ModelUnavailableError, espnet_hub_id, locate_vocoder, resolve_hf_model
 from steps.options import fields_with
 
 
-def model_sections(config: PipelineConfig) -> dict[str, Any]:
+def model_sections(config: RunConfig | PipelineConfig) -> dict[str, Any]:
     """The option sections that load models, as the steps will read them: every stage's, and the evaluation's
-    ASR as the evaluation builds it (its cache falling back to speech translation's) when it transcribes."""
+    ASR as the evaluation builds it (its cache falling back to speech translation's) when it transcribes. A
+    RunConfig (the in-process and streaming runtimes, which do not evaluate) has the stages' only."""
     from clearml_pipeline.evaluation.transcriber import asr_options
 
+    if isinstance(config, RunConfig):
+        return dict(config.stages)
     sections = dict(config.run.stages)
     evaluation = config.evaluation
     if evaluation.intelligibility or evaluation.spanish_wer:
@@ -55,12 +58,12 @@ def locate_section(section: str, options: Any) -> list[Path]:
     return found
 
 
-def check_models(config: PipelineConfig) -> list[Path]:
+def check_models(config: RunConfig | PipelineConfig) -> list[Path]:
     """Locate every model `config`'s steps will load, before any step runs; returns where they are."""
     from registry.model_sets import model_caches
     from registry.refs import resolve_sections
 
-    config = config.updated(model_caches(config.run.runner.models, config.sections()))
+    config = config.updated(model_caches(config.sections()["runner"].models, config.sections()))
     changes, _ = resolve_sections(config.sections())
     config = config.updated(changes)
     return [path for name, options in model_sections(config).items() for path in locate_section(name, options)]
