@@ -30,7 +30,7 @@ from steps.ct2 import (
     resolve_compute_type,
 )
 from steps.device import pick_device, pick_dtype
-from steps.options import DTYPES, one_of, option, torch_device
+from steps.options import dtype_name, one_of, option, torch_device
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
@@ -53,7 +53,7 @@ class MachineTranslationOptions:
     target_token: str = option(">>cmn_Hans<<", "opus-mt target-language token: Simplified Mandarin")
     device: str = option("auto", "auto (cuda when present), cpu, cuda ...", check=torch_device)
     dtype: str = option(
-        "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=one_of(*DTYPES)
+        "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=dtype_name
     )
     batch_size: int = option(16, "sentences translated together in one generate() call")
     num_beams: int = option(4, "beam width; 1 is greedy decoding", pipeline=True)

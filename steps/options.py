@@ -10,8 +10,8 @@ Hugging Face id or folder, "espnet" the same or an espnet_model_zoo `kan-bayashi
 `cache_field` the field holding the cache it is looked up in), `cache` (which model cache the field points at: hf,
 espnet, vocoder), `fixture_cap` (the value a fixture model set gives the field by default: a decode length,
 since random weights never emit end-of-sequence, or no temperature fallback) and `check` (a callable that raises
-ValueError for a value the field does not take: `one_of`, `switch`, `torch_device`; argparse and `with_values`
-run it).
+ValueError for a value the field does not take: `one_of`, `dtype_name`, `switch`, `torch_device`; argparse and
+`with_values` run it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ T = TypeVar("T")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 METAVARS = {str: "TEXT", int: "N", float: "X", bool: "{true,false}"}
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
@@ -44,6 +43,10 @@ def one_of(*choices: str) -> Callable[[Any], None]:
             raise ValueError(f"takes one of {', '.join(choices)}; got {value!r}")
 
     return check
+
+
+# The `check` of a dtype field (steps.device.pick_dtype maps the names to torch dtypes).
+dtype_name = one_of("auto", "float32", "float16", "bfloat16")
 
 
 def switch(value: Any) -> None:

@@ -33,7 +33,7 @@ from steps.base import ItemError, ModelInfo, Stage
 from steps.channels_last import channels_last_convolutions
 from steps.device import pick_device, pick_dtype
 from steps.fused_hifigan import fuse
-from steps.options import DTYPES, TRUE_WORDS, one_of, option, switch, torch_device
+from steps.options import TRUE_WORDS, dtype_name, one_of, option, switch, torch_device
 from steps.packed_lstm import packable, packed_cells
 from steps.tacotron_batch import (
     Cell,
@@ -72,7 +72,7 @@ class SpeechSynthesisOptions:
     device: str = option("cpu", "cpu or cuda (Tacotron2 decodes step by step: meant for the CPU)", check=torch_device)
     # float32 by default: the mission's models as trained. bfloat16 pays where the CPU computes it natively
     # (AVX-512 BF16, AMX: the weight-bound batched LSTM steps read half the bytes); elsewhere it is emulated.
-    dtype: str = option("float32", "float32, bfloat16 or float16: model and vocoder autocast", check=one_of(*DTYPES))
+    dtype: str = option("float32", "float32, bfloat16 or float16: model and vocoder autocast", check=dtype_name)
     max_piece_chars: int = option(50, "text is split at sentence, then clause punctuation into pieces this long")
     pause_seconds: float = option(0.25, "silence between synthesized pieces")
     # Tacotron2 decoding bounds (ESPnet's defaults): at most 10 frames per input token.

@@ -18,7 +18,7 @@ import numpy as np
 from resources.audio import WHISPER_SAMPLE_RATE, Audio, speech_seconds, split_long
 from steps.base import ItemError, Stage
 from steps.ct2 import COMPUTE_TYPES
-from steps.options import DTYPES, one_of, option, torch_device
+from steps.options import dtype_name, one_of, option, torch_device
 from steps.vad import Segment, VadSettings, spans, speech_segments
 from steps.whisper_decoding import Decoded, FallbackRules, decode_with_fallback, skipped, temperatures
 
@@ -46,7 +46,7 @@ class SpeechTranslationOptions:
     model_cache: str | None = option(None, "Hugging Face hub cache folder; None: HF_HUB_CACHE", cache="hf")
     device: str = option("auto", "auto (cuda when present), cpu, cuda, cuda:1 ...", check=torch_device)
     dtype: str = option(
-        "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=one_of(*DTYPES)
+        "auto", "auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16", check=dtype_name
     )
     batch_size: int = option(8, "segments (of at most 30 s) decoded together in one pass", pipeline=True)
     language: str = option("es", "the source language Whisper is told")
