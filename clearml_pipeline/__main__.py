@@ -132,9 +132,27 @@ def prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
     config = config_from_flags(args)
     items = list_inputs(args, config.runner.limit)
     if not items:
-        raise ValueError(f"no audio files ({', '.join(('wav', 'flac', 'mp3', 'ogg'))}) under {args.input}")
+        raise ValueError(no_inputs(args))
     config, resolved = ready_config(config)
     return config, resolved, items
+
+
+def no_inputs(args: argparse.Namespace) -> str:
+    return f"no audio files ({', '.join(('wav', 'flac', 'mp3', 'ogg'))}) under {args.input}"
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """At least one input item, as the runtime will list them (the steps runtime reads a folder's manifest.jsonl
+    when it has one), found before OUT is emptied: an empty folder must not cost an earlier run's output."""
+    if not args.input.is_dir():
+        return  # one file is one item (run_local has checked that it exists)
+    if args.runtime == "steps" and args.command == "run":
+        from clearml_pipeline.step_work import dataset_rows
+
+        if not dataset_rows(args.input.absolute(), 1):
+            raise ValueError(f"{no_inputs(args)}, and no items in a manifest.jsonl there")
+    elif not list_inputs(args, 1):
+        raise ValueError(no_inputs(args))
 
 
 def run_steps(args: argparse.Namespace, started: float) -> int:
@@ -205,6 +223,7 @@ def run_local(args: argparse.Namespace) -> int:
     emptied = False
     try:
         release_signals()  # one held back while the command started lands here, where it is handled
+        check_inputs(args)
         locate_models(args)
         start_outputs(args.output)
         emptied = True
@@ -277,15 +296,17 @@ def write_interrupted(args: argparse.Namespace, rows: list[Any] | None = None) -
 def bench(args: argparse.Namespace) -> int:
     from clearml_pipeline.bench import BenchOptions, enqueue, expand, format_table, run_bench, track
     from clearml_pipeline.execution import start_outputs
+    from clearml_pipeline.model_check import check_models
     from clearml_pipeline.replicas import StreamingOptions
     from steps.options import from_flags
 
     options = from_flags(args, BenchOptions(), "")
     tracker = enqueue(options, args.output) if options.queue else None  # here, ends the process once enqueued
     check_output(args.output)
+    config, _, items = prepare(args)  # inputs listed and every model located before OUT is emptied
+    check_models(config)
     start_outputs(args.output)
     (args.output / "bench.json").unlink(missing_ok=True)  # an earlier bench's figures are not this one's
-    config, _, items = prepare(args)
     try:
         release_signals()
         report = run_bench(config, from_flags(args, StreamingOptions(), ""), options, items, args.output)

@@ -42,6 +42,17 @@ from typing import Any
 from clearml_pipeline.tts_models import stage_options
 
 FRAMES_PER_PHONE = 10.0
+# The stage's fields that bench-tts offers as --tts-* flags, with their help here (None: the stage's value).
+STAGE_FLAGS = {
+    "device": "cpu, cuda or auto",
+    "dtype": "auto, float32, bfloat16 or float16",
+    "channels_last": "vocoder convolutions on channels-last views: auto, true, false",
+    "fused_vocoder": "HiFiGAN's activations and additions fused: auto, true, false",
+    "packed_lstm": "batched Tacotron2's LSTM weights packed for oneDNN: auto, true, false",
+    "vocoder_bucket_frames": "vocoder input padded to a multiple; 1: exact",
+    "vocoder_windows": "auto, true or false: long vocoder inputs in overlapping windows",
+    "vocoder_window_frames": "the windows' length in frames",
+}
 
 
 def equivalence(stage: Any, texts: list[str]) -> dict[str, float | None]:
@@ -161,14 +172,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         args.frames_per_phone,
         model=args.tts_model,
         vocoder=args.tts_vocoder,
-        dtype=args.tts_dtype,
-        channels_last=args.tts_channels_last,
-        fused_vocoder=args.tts_fused_vocoder,
-        packed_lstm=args.tts_packed_lstm,
-        vocoder_bucket_frames=args.tts_vocoder_bucket_frames,
-        vocoder_windows=args.tts_vocoder_windows,
-        vocoder_window_frames=args.tts_vocoder_window_frames,
-        device=args.tts_device,
+        **{name: getattr(args, f"tts_{name}") for name in STAGE_FLAGS},
     )
     stage = EspnetSynthesizer(options)
     stage.ensure_ready()
@@ -277,6 +281,9 @@ def _positive(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from steps.options import flag_type
+    from steps.speech_synthesis import SpeechSynthesisOptions
+
     parser.add_argument("--models", choices=("hub", "fixtures", "fixtures-full"), default="fixtures-full")
     parser.add_argument("--batch-sizes", type=_sizes, default=[1, 8], help="comma separated, e.g. 1,8")
     parser.add_argument("--requests", type=int, default=16, help="Chinese texts synthesized per batch size")
@@ -295,28 +302,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fixtures: time each pass on decode lengths no earlier pass used (frames per phone + 0.25 x k), "
         "as a serving process meets new utterances; the warm-up still runs the texts at --frames-per-phone",
     )
-    parser.add_argument(
-        "--tts-vocoder-bucket-frames", type=int, default=None, help="vocoder input padded to a multiple; 1: exact"
-    )
-    parser.add_argument(
-        "--tts-vocoder-windows", default=None, help="auto, true or false: long vocoder inputs in overlapping windows"
-    )
-    parser.add_argument("--tts-vocoder-window-frames", type=int, default=None, help="the windows' length in frames")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 leaves torch's default")
     parser.add_argument("--check-items", type=int, default=4, help="texts in the max_abs_diff check")
     parser.add_argument("--tts-model", default=None, help="another acoustic model id (default: the stage's)")
     parser.add_argument("--tts-vocoder", default=None, help="another vocoder (default: the stage's)")
-    parser.add_argument("--tts-device", default=None, help="cpu, cuda or auto (default: the stage's, cpu)")
-    parser.add_argument("--tts-dtype", default=None, help="float32, bfloat16 or float16 (default: the stage's)")
-    parser.add_argument(
-        "--tts-channels-last", default=None, help="vocoder convolutions on channels-last views: auto, true, false"
-    )
-    parser.add_argument(
-        "--tts-fused-vocoder", default=None, help="HiFiGAN's activations and additions fused: auto, true, false"
-    )
-    parser.add_argument(
-        "--tts-packed-lstm", default=None, help="batched Tacotron2's LSTM weights packed for oneDNN: auto, true, false"
-    )
+    # The stage's own fields under --tts-* flags, parsed and checked as `run`'s are (a typo is a usage error).
+    for name, help_text in STAGE_FLAGS.items():
+        parser.add_argument(
+            f"--tts-{name.replace('_', '-')}",
+            type=flag_type(SpeechSynthesisOptions, name),
+            default=None,
+            help=f"{help_text} (default: the stage's)",
+        )
     parser.add_argument("--output", type=Path, required=True, help="folder for bench_tts.json")
 
 

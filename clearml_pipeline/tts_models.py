@@ -55,6 +55,7 @@ def tts_fixture_caches(root: Path, full: bool) -> Any:
 
 def stage_options(models: str, frames_per_phone: float, **chosen: str | int | None) -> Any:
     """The stage's options for a model set, with the chosen ones (model, vocoder, dtype, ...; None: the stage's)."""
+    from steps.options import check_values
     from steps.speech_synthesis import SpeechSynthesisOptions, hub_id
 
     options = SpeechSynthesisOptions()
@@ -75,4 +76,6 @@ def stage_options(models: str, frames_per_phone: float, **chosen: str | int | No
             vocoder_cache=str(caches.vocoder_cache),
             maxlenratio=frames_per_phone,
         )
-    return replace(options, **{key: value for key, value in chosen.items() if value is not None})
+    chosen_options = replace(options, **{key: value for key, value in chosen.items() if value is not None})
+    check_values(chosen_options)  # a value the field does not take stops here, not when the stage is built
+    return chosen_options

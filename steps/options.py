@@ -142,11 +142,20 @@ def add_flags(parser: argparse.ArgumentParser, options: Any, prefix: str, title:
         group.add_argument(
             f"--{prefix}{f.name.replace('_', '-')}",
             dest=_dest(prefix, f.name),
-            type=partial(_flag_value, hint=hints[f.name], check=f.metadata.get("check")),
+            type=flag_type(options, f.name),
             default=argparse.SUPPRESS,
             metavar=METAVARS.get(_unwrap(hints[f.name])[0], "VALUE"),
             help=f"{help_text} (default: {default!r})" if help_text else f"(default: {default!r})",
         )
+
+
+def flag_type(options: Any, name: str) -> Callable[[str], Any]:
+    """The argparse `type` of field `name`'s flag: parsed by the one parser and checked by the field's `check`,
+    so a bad value is a usage error. add_flags uses it for every field; a command that offers a few of a section's
+    fields under flags of its own (bench-tts's --tts-dtype) uses it for those."""
+    owner = options if isinstance(options, type) else type(options)
+    found = next(f for f in fields(owner) if f.name == name)
+    return partial(_flag_value, hint=get_type_hints(owner)[name], check=found.metadata.get("check"))
 
 
 def _flag_value(text: str, hint: Any, check: Callable[[Any], None] | None) -> Any:

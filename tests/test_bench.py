@@ -104,3 +104,30 @@ def test_a_queued_bench_needs_server_tracking_and_says_so_before_any_work(tmp_pa
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--queue needs --tracking server" in proc.stderr
     assert not out.exists()  # nothing was prepared for a bench that cannot be enqueued
+
+
+def test_a_bench_that_cannot_start_leaves_an_earlier_benchs_output_as_it_was(
+    fixture_caches: Any, tmp_path: Path
+) -> None:
+    """Its inputs are listed and every model located before OUT is emptied: no input or a missing model is one
+    error line, and the earlier bench.json and rows stay (both used to be removed first)."""
+    from tests.cli import python_m
+
+    out, clip = tmp_path / "out", tmp_path / "clips" / "a.wav"
+    out.mkdir()
+    clip.parent.mkdir()
+    speak(SPANISH_SENTENCES[0], clip)
+    earlier = {name: f"earlier {name}\n" for name in ("bench.json", "results.jsonl")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    (tmp_path / "empty").mkdir()
+    missing = tmp_path / "no-model"
+    for args, message in (
+        (["--input", str(tmp_path / "empty"), "--models", "fixtures"], "no audio files"),
+        (["--input", str(clip.parent), "--models", "fixtures", "--mt-model", str(missing)],
+         f"machine_translation.model (--mt-model): model folder '{missing}' does not exist"),
+    ):
+        proc = python_m("clearml_pipeline", "bench", *args, "--output", str(out), "--requests", "2")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert {name: (out / name).read_text() for name in earlier} == earlier

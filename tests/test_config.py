@@ -145,6 +145,30 @@ def test_a_value_an_option_does_not_take_stops_at_the_flag_and_at_the_parameter(
     assert parse("--st-device", "cuda:1", "--tts-device", "cpu").st_device == "cuda:1"
 
 
+def test_bench_tts_checks_the_stage_fields_it_offers_as_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench-tts's --tts-* flags are the stage's fields, parsed and checked by the field's own check at the flag
+    (they were plain strings: a bad dtype surfaced when the stage was built); stage_options checks a value too."""
+    from clearml_pipeline.__main__ import build_parser
+    from clearml_pipeline.tts_models import stage_options
+
+    parser = build_parser()
+    args = parser.parse_args(["bench-tts", "--output", "x", "--tts-dtype", "bfloat16", "--tts-vocoder-windows", "no",
+                              "--tts-vocoder-window-frames", "256"])
+    assert (args.tts_dtype, args.tts_vocoder_windows, args.tts_vocoder_window_frames) == ("bfloat16", "no", 256)
+    assert args.tts_device is None and args.tts_packed_lstm is None  # not given: the stage's own value
+    for argv, message in (
+        (["--tts-dtype", "float8"], "argument --tts-dtype: takes one of auto, float32, float16, bfloat16; got"),
+        (["--tts-device", "gpu"], "argument --tts-device: takes auto, cpu, cuda or cuda:N; got 'gpu'"),
+        (["--tts-fused-vocoder", "ture"], "argument --tts-fused-vocoder: takes auto, true or false; got 'ture'"),
+        (["--tts-vocoder-bucket-frames", "x"], "argument --tts-vocoder-bucket-frames: takes a whole number"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args(["bench-tts", "--output", "x", *argv])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^dtype takes one of"):
+        stage_options("hub", 10.0, dtype="float8")
+
+
 def test_every_stage_takes_exactly_the_backends_it_has() -> None:
     """The backend flags' check lists the backends by name; the stage registry (steps.stages) is what runs them."""
     from steps.options import check_values

@@ -237,6 +237,11 @@ def test_a_mistyped_option_input_or_model_stops_the_run_before_it_touches_an_ear
         missing = f"machine_translation.model (--mt-model): model folder '{tmp_path / 'no-model'}' does not exist"
         assert missing in proc.stderr and "Traceback" not in proc.stderr
         assert (out / "results.jsonl").read_text() == '{"id": "earlier"}\n'
+        (tmp_path / "empty").mkdir(exist_ok=True)  # a folder with nothing to translate
+        proc = _run("--runtime", runtime, "--input", str(tmp_path / "empty"), "--output", str(out))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"error: no audio files (wav, flac, mp3, ogg) under {tmp_path / 'empty'}" in proc.stderr
+        assert "Traceback" not in proc.stderr and (out / "results.jsonl").read_text() == '{"id": "earlier"}\n'
 
 
 def test_ids_do_not_shift_when_a_file_is_added(tmp_path: Path) -> None:
