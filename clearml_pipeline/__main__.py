@@ -88,17 +88,6 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         print(f"audio:   {len(clips)} clip(s) in {out / 'audio'}, e.g. {clips[0]}")
 
 
-def ready_config(config: Any) -> tuple[Any, dict[str, Any]]:
-    """The config as this process loads models from it: the model set's caches, and every registry ref resolved
-    to its local copy (returned too, for the run's record). Works on a RunConfig or a PipelineConfig."""
-    from registry.model_sets import model_caches
-    from registry.refs import resolve_sections
-
-    config = config.updated(model_caches(config.sections()["runner"].models, config.sections()))
-    changes, resolved = resolve_sections(config.sections())
-    return config.updated(changes), resolved
-
-
 def check_output(out: Path) -> None:
     """OUT must be a folder this process can write; otherwise the run stops now, in one sentence (exit 2)."""
     if out.exists() and not out.is_dir():
@@ -128,6 +117,7 @@ def list_inputs(args: argparse.Namespace, limit: int) -> list[Any]:
 def prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
     """Config (models resolved) and inputs; raises the user-facing errors that end a run before it starts."""
     from clearml_pipeline.config import config_from_flags
+    from clearml_pipeline.model_check import ready_config
 
     config = config_from_flags(args)
     items = list_inputs(args, config.runner.limit)
@@ -224,7 +214,7 @@ def run_local(args: argparse.Namespace) -> int:
     try:
         release_signals()  # one held back while the command started lands here, where it is handled
         check_inputs(args)
-        locate_models(args)
+        locate_run_models(args)
         start_outputs(args.output)
         emptied = True
         if args.runtime == "steps":
@@ -237,7 +227,7 @@ def run_local(args: argparse.Namespace) -> int:
         return interrupted_exit_code()
 
 
-def locate_models(args: argparse.Namespace) -> None:
+def locate_run_models(args: argparse.Namespace) -> None:
     """Every model the run will load located, none loaded (clearml_pipeline.model_check; the steps runtime checks
     again as it starts, from the caches this filled): a missing one must not cost an earlier run's output."""
     from clearml_pipeline.config import config_from_flags
@@ -296,7 +286,7 @@ def write_interrupted(args: argparse.Namespace, rows: list[Any] | None = None) -
 def bench(args: argparse.Namespace) -> int:
     from clearml_pipeline.bench import BenchOptions, enqueue, expand, format_table, run_bench, track
     from clearml_pipeline.execution import start_outputs
-    from clearml_pipeline.model_check import check_models
+    from clearml_pipeline.model_check import locate_models
     from clearml_pipeline.replicas import StreamingOptions
     from steps.options import from_flags
 
@@ -304,7 +294,7 @@ def bench(args: argparse.Namespace) -> int:
     tracker = enqueue(options, args.output) if options.queue else None  # here, ends the process once enqueued
     check_output(args.output)
     config, _, items = prepare(args)  # inputs listed and every model located before OUT is emptied
-    check_models(config)
+    locate_models(config)
     start_outputs(args.output)
     (args.output / "bench.json").unlink(missing_ok=True)  # an earlier bench's figures are not this one's
     try:

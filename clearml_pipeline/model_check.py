@@ -12,11 +12,13 @@ downloaded when the hub answers, as the step would; a vocoder is only found, not
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from clearml_pipeline.config import PipelineConfig, RunConfig, flag_prefix
 from resources.weights import ModelUnavailableError, espnet_hub_id, locate_vocoder, resolve_hf_model
 from steps.options import fields_with
+
+Config = TypeVar("Config", RunConfig, PipelineConfig)
 
 
 def model_sections(config: RunConfig | PipelineConfig) -> dict[str, Any]:
@@ -58,12 +60,22 @@ def locate_section(section: str, options: Any) -> list[Path]:
     return found
 
 
-def check_models(config: RunConfig | PipelineConfig) -> list[Path]:
-    """Locate every model `config`'s steps will load, before any step runs; returns where they are."""
+def ready_config(config: Config) -> tuple[Config, dict[str, Any]]:
+    """The config as a process loads models from it: the model set's caches, and every registry ref resolved to
+    its local copy (returned too, for the run's record)."""
     from registry.model_sets import model_caches
     from registry.refs import resolve_sections
 
     config = config.updated(model_caches(config.sections()["runner"].models, config.sections()))
-    changes, _ = resolve_sections(config.sections())
-    config = config.updated(changes)
-    return [path for name, options in model_sections(config).items() for path in locate_section(name, options)]
+    changes, resolved = resolve_sections(config.sections())
+    return config.updated(changes), resolved
+
+
+def locate_models(ready: RunConfig | PipelineConfig) -> list[Path]:
+    """Every model a ready config's steps will load, located (none loaded); returns where they are."""
+    return [path for name, options in model_sections(ready).items() for path in locate_section(name, options)]
+
+
+def check_models(config: RunConfig | PipelineConfig) -> list[Path]:
+    """Locate every model `config`'s steps will load, before any step runs; returns where they are."""
+    return locate_models(ready_config(config)[0])
