@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,26 @@ class ManifestRow:
 
 
 MANIFEST_COLUMNS = tuple(f.name for f in fields(ManifestRow))
+REQUIRED_COLUMNS = tuple(f.name for f in fields(ManifestRow) if f.default is MISSING)
+# What a column's JSON value may be, by its annotation (JSON has no int/float split, and a bool is no count).
+JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "float": (int, float), "int": (int,)}
+
+
+def column_problems(data: dict[str, Any]) -> list[str]:
+    """What is wrong with one manifest row's known columns: a required one missing, or a value of the wrong type
+    (a hand-edited `"duration_s": "3 s"` would otherwise fail far from the manifest, in a sum or a plot)."""
+    problems = [f"`{name}` is missing" for name in REQUIRED_COLUMNS if name not in data]
+    for f in fields(ManifestRow):
+        if f.name not in data or f.name == "id":  # any id is made a safe one
+            continue
+        kind, _, optional = str(f.type).partition(" | ")
+        value = data[f.name]
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, JSON_TYPES[kind]):
+            wanted = {"str": "text", "float": "a number", "int": "a whole number"}[kind]
+            problems.append(f"`{f.name}` is {wanted}{' or null' if optional else ''}, not {json.dumps(value)}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -161,11 +181,10 @@ def read_manifest(path: str | Path, check_audio: bool = True, check_paths: bool 
             raise ValueError(f"{where}: a manifest row is a JSON object, not {type(data).__name__}")
         if not isinstance(data.get("id"), (str, int)) or not isinstance(data.get("audio"), str):
             raise ValueError(f"{where}: a manifest row needs a text `id` and `audio`")
+        if problems := column_problems(data):
+            raise ValueError(f"{where}: {'; '.join(problems)}")
         # Unknown keys are ignored so an older reader accepts a newer manifest with extra columns.
-        try:
-            row = ManifestRow(**{k: v for k, v in data.items() if k in known} | {"id": safe_id(str(data["id"]))})
-        except TypeError as exc:
-            raise ValueError(f"{where}: {exc}") from exc
+        row = ManifestRow(**{k: v for k, v in data.items() if k in known} | {"id": safe_id(str(data["id"]))})
         if check_paths:
             audio = safe_join(path.parent, row.audio)
             if check_audio and not audio.is_file():

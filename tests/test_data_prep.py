@@ -552,6 +552,28 @@ def test_manifest_errors_name_the_file_and_line(tmp_path: Path) -> None:
     assert [r.id for r in read_manifest(path, check_paths=False)] == ["a", "b"]
 
 
+def test_a_hand_edited_manifest_row_is_named_with_what_is_wrong_in_it(tmp_path: Path) -> None:
+    """A missing column or a value of the wrong type is the row's error, in words (the dataclass said
+    "ManifestRow.__init__() missing 4 required positional arguments"; a text duration was read and failed later)."""
+    path = tmp_path / MANIFEST_NAME
+    path.write_text('{"id": "x", "audio": "audio/x.wav"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^manifest\.jsonl:1: `duration_s` is missing; `sentence` is missing; "):
+        read_manifest(path, check_audio=False)
+    good = json.loads(manifest_line("a"))
+    for column, value, message in (
+        ("duration_s", "3 s", '`duration_s` is a number, not "3 s"'),
+        ("sentence", 5, "`sentence` is text or null, not 5"),
+        ("up_votes", True, "`up_votes` is a whole number or null, not true"),
+        ("split", None, "`split` is text, not null"),
+    ):
+        path.write_text(manifest_line("ok") + json.dumps(good | {column: value}) + "\n", encoding="utf-8")
+        with pytest.raises(ValueError) as raised:
+            read_manifest(path, check_audio=False)
+        assert str(raised.value) == f"manifest.jsonl:2: {message}"
+    path.write_text(json.dumps(good | {"duration_s": 3, "up_votes": 2, "sentence": None}) + "\n", encoding="utf-8")
+    assert read_manifest(path, check_audio=False)[0].duration_s == 3
+
+
 def copy_clip(release: Path, i: int, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(release / "clips" / good_path(i), dst)
