@@ -18,12 +18,12 @@ if __package__ in (None, ""):  # run as a file (a ClearML agent running the cont
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import time
 from typing import Any
 
 # Light imports only up here: SIGTERM must be handled (main) before the seconds torch takes to import.
 from clearml_pipeline.interrupts import handle_signals, hold_signals, interrupted_exit_code, received, release_signals
+from resources.json_text import dumps
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_SETUP_FAILED = 0, 1, 2
 
@@ -205,11 +205,14 @@ def run_local(args: argparse.Namespace) -> int:
     earlier run's files; interrupted anywhere (even while the models are located), every input still gets a row in
     OUT/results.jsonl."""
     from clearml_pipeline.execution import start_outputs
+    from clearml_pipeline.tracking import check_offline_folder
 
     started = time.time()
     if not args.input.exists():
         raise FileNotFoundError(f"input {args.input} does not exist")
     check_output(args.output)
+    if args.runtime == "steps":  # each step an offline ClearML task, its session under OUT/clearml
+        check_offline_folder(args.output / "clearml")
     emptied = False
     try:
         release_signals()  # one held back while the command started lands here, where it is handled
@@ -249,7 +252,7 @@ def run_in_this_process(args: argparse.Namespace) -> int:
     )
     summary = runtime.run(items, args.output)
     summary["registry"] = resolved
-    (args.output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    (args.output / "summary.json").write_text(dumps(summary, indent=2), encoding="utf-8")
     print_summary(summary, args.output)
     if summary.get("interrupted"):
         return exit_interrupted(summary)
@@ -278,7 +281,7 @@ def write_interrupted(args: argparse.Namespace, rows: list[Any] | None = None) -
         config = config_from_flags(args)  # no model was loaded yet: the ones the config names
         summary = summarize(rows, configured_models(config), {}, 0.0, config.to_dict(), run_device(config))
         summary["interrupted"] = True
-        (args.output / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+        (args.output / "summary.json").write_text(dumps(summary, indent=2), encoding="utf-8")
     print(f"interrupted: {sum(r.ok for r in rows)} of {len(rows)} item(s) done; every row in "
           f"{args.output / RESULTS}", file=sys.stderr)
 
@@ -288,11 +291,14 @@ def bench(args: argparse.Namespace) -> int:
     from clearml_pipeline.execution import start_outputs
     from clearml_pipeline.model_check import locate_models
     from clearml_pipeline.replicas import StreamingOptions
+    from clearml_pipeline.tracking import check_offline_folder
     from steps.options import from_flags
 
     options = from_flags(args, BenchOptions(), "")
     tracker = enqueue(options, args.output) if options.queue else None  # here, ends the process once enqueued
     check_output(args.output)
+    if options.tracking == "offline":
+        check_offline_folder(args.output / "clearml")
     config, _, items = prepare(args)  # inputs listed and every model located before OUT is emptied
     locate_models(config)
     start_outputs(args.output)
@@ -304,9 +310,9 @@ def bench(args: argparse.Namespace) -> int:
         write_interrupted(args, expand(items, options.requests))
         return interrupted_exit_code()
     bench_json = args.output / "bench.json"
-    bench_json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    bench_json.write_text(dumps(report, indent=2), encoding="utf-8")
     report["clearml_session"] = track(report, args.output, options.tracking, tracker)
-    bench_json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    bench_json.write_text(dumps(report, indent=2), encoding="utf-8")
     print(format_table(report))
     print(f"bench: {bench_json}")
     if report["clearml_session"]:

@@ -25,6 +25,7 @@ from typing import IO, Any, TypeVar
 
 from clearml_pipeline.inputs import OUTPUT_MARKER
 from clearml_pipeline.memory import objects_frozen
+from resources.json_text import dumps
 from steps.base import Stage
 from steps.results import ItemResult, write_rows
 from steps.stages import AUDIO_DIR, INPUT, StageSpec, StepContext, finish
@@ -64,7 +65,7 @@ class ResultsSink:
     def _line(self, row: ItemResult) -> str:
         if self.extra is None:
             return row.to_json() + "\n"
-        return json.dumps(asdict(row) | self.extra(row), ensure_ascii=False) + "\n"
+        return dumps(asdict(row) | self.extra(row)) + "\n"
 
     def append(self, rows: Sequence[ItemResult]) -> None:
         if self._file is None:

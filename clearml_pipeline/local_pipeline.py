@@ -33,6 +33,7 @@ from clearml_pipeline.pipeline import Node, PipelineConfig, plan
 from clearml_pipeline.step_task import PARENT_ENV
 from clearml_pipeline.step_work import MANIFEST
 from clearml_pipeline.tracking import offline_environment
+from resources.json_text import dumps
 from steps.results import ItemResult, write_rows
 from steps.stages import AUDIO_DIR, STAGES, finish
 
@@ -202,7 +203,7 @@ def salvage(
     summary["interrupted"] = interrupted is not None
     if interrupted is not None:
         summary["interrupted_by"] = interrupted
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "summary.json").write_text(dumps(summary, indent=2), encoding="utf-8")
     return summary
 
 

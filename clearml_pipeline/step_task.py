@@ -235,7 +235,8 @@ def run_step(task: Any, env: Any, offline: bool, sessions: Path | None) -> int:
     except (ModelUnavailableError, ServerUnavailableError, FileNotFoundError, ValueError, LookupError) as exc:
         print(f"error: {env.step.name}: {exc}", file=sys.stderr)
         env.out.mkdir(parents=True, exist_ok=True)
-        (env.out / "error.txt").write_text(f"{exc}\n", encoding="utf-8")  # for the local runner's message
+        # for the local runner's message; a file name that is not UTF-8 keeps its escapes
+        (env.out / "error.txt").write_text(f"{exc}\n", encoding="utf-8", errors="backslashreplace")
         task.get_logger().report_text(f"error: {exc}")
         if not offline:  # the controller sees the failure (and may retry) by the task's status
             task.mark_failed(status_reason=str(exc)[:250], force=True)

@@ -31,6 +31,7 @@ from clearml_pipeline.pipeline import PipelineStep, StepIO
 from clearml_pipeline.reporting import report_audio_samples, report_stage, report_vad_plots
 from clearml_pipeline.results import run_device, summarize
 from data_prep.manifest import read_manifest
+from resources.json_text import dumps
 from steps.options import fields_with
 from steps.results import ItemResult, load_rows, write_rows
 from steps.stages import AUDIO_DIR, INPUT, StageSpec, StepContext, build_stage
@@ -73,7 +74,7 @@ def merge_inputs(inputs: list[StepInput], dest: Path) -> StepInput:
         raise ValueError("the shards of the previous step list different items: were they run on the same dataset?")
     write_rows(dest / RESULTS, [shards[i % len(shards)][i] for i in range(len(ids))])
     runs = [json.loads(given.run.read_text(encoding="utf-8")) for given in inputs]
-    (dest / RUN).write_text(json.dumps(merge_runs(runs), indent=2, ensure_ascii=False), encoding="utf-8")
+    (dest / RUN).write_text(dumps(merge_runs(runs), indent=2), encoding="utf-8")
     audio = None
     shutil.rmtree(dest / AUDIO_DIR, ignore_errors=True)  # an earlier run's merge is not this one's
     for given in inputs:
@@ -205,7 +206,7 @@ def resume_keys(config: PipelineConfig, spec: StageSpec, rows: list[ItemResult],
     for row in rows:
         given = {k: v for k, v in asdict(row).items() if k != "latency_s"}
         content = _file_hash(ctx, row) if spec.reads_dataset else ""
-        text = "\n".join((stage_key, json.dumps(given, sort_keys=True, ensure_ascii=False), content))
+        text = "\n".join((stage_key, dumps(given, sort_keys=True), content))
         keys[row.id] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return keys
 
@@ -297,7 +298,7 @@ def write_summary(env: StepEnv, run: dict[str, Any], rows: list[ItemResult]) -> 
     wall = sum(run["wall_s"].values())
     summary = summarize(rows, models, run["busy_s"], wall, env.config.to_dict(), run_device(env.config.run))
     summary["dataset"], summary["registry"] = run.get("dataset"), run.get("registry", {})
-    (env.out / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    (env.out / SUMMARY).write_text(dumps(summary, indent=2), encoding="utf-8")
     return summary
 
 
@@ -314,7 +315,7 @@ def execute(env: StepEnv, given: StepInput | None) -> dict[str, Any]:
     started = time.perf_counter()
     run = work(env.step)(env, given)
     run["wall_s"][env.step.name] = time.perf_counter() - started
-    (env.out / RUN).write_text(json.dumps(run, indent=2, ensure_ascii=False), encoding="utf-8")
+    (env.out / RUN).write_text(dumps(run, indent=2), encoding="utf-8")
     if env.step.parents:  # the ingest step has no rows with results yet
         write_summary(env, run, load_rows(env.out / RESULTS))
     return run

@@ -59,9 +59,7 @@ def warm_up_folder(out: Path, worker_id: int) -> Path:
 def warm_up_clips(folder: Path, cuts: list[float]) -> list[Path]:
     """One clip per cut into `folder`: WARM_UP_SPEECH joined, cut to that fraction of its length (speech of
     different lengths, as a real batch has); noise where the samples are missing (a checkout without them)."""
-    import soundfile as sf
-
-    from resources.audio import WHISPER_SAMPLE_RATE, AudioError, load_audio
+    from resources.audio import WHISPER_SAMPLE_RATE, AudioError, load_audio, write_wav
 
     try:
         speech = np.concatenate([load_audio(path).samples for path in WARM_UP_SPEECH])
@@ -72,7 +70,7 @@ def warm_up_clips(folder: Path, cuts: list[float]) -> list[Path]:
     clips = []
     for k, fraction in enumerate(cuts):
         clips.append(folder / f"warmup-{k}.wav")
-        sf.write(clips[-1], speech[: round(len(speech) * fraction)], WHISPER_SAMPLE_RATE)
+        write_wav(clips[-1], speech[: round(len(speech) * fraction)], WHISPER_SAMPLE_RATE)
     return clips
 
 

@@ -15,27 +15,53 @@ from typing import Any
 
 PROJECT = "s2st"
 _OFFLINE_CONFIG = """
-api {{ http {{ retries {{ total: 2, connect: 2, read: 2, redirect: 2, status: 2, backoff_factor: 0.1 }} }} }}
-sdk {{
-    storage {{ cache {{ default_base_dir: "{cache}" }} }}
-    development {{
+api { http { retries { total: 2, connect: 2, read: 2, redirect: 2, status: 2, backoff_factor: 0.1 } } }
+sdk {
+    development {
         report_use_subprocess: false
         vcs_repo_detect_async: false
         store_uncommitted_code_diff: false
         suppress_update_message: true
-    }}
-}}
+    }
+}
 """
 
 
 def offline_environment(folder: Path) -> dict[str, str]:
     """Environment for offline ClearML tasks whose sessions go under `folder`: our fast settings (written once to
-    folder/clearml.conf) unless the user points CLEARML_CONFIG_FILE at their own."""
+    folder/clearml.conf) and the SDK's cache in folder/cache, unless the user points CLEARML_CONFIG_FILE at their
+    own configuration (then their cache too)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "clearml.conf"
     if not config.exists():
-        config.write_text(_OFFLINE_CONFIG.format(cache=(folder / "cache").as_posix()), encoding="utf-8")
-    return {"CLEARML_CONFIG_FILE": os.environ.get("CLEARML_CONFIG_FILE", str(config)), "CLEARML_OFFLINE_MODE": "1"}
+        config.write_text(_OFFLINE_CONFIG, encoding="utf-8")
+    chosen = os.environ.get("CLEARML_CONFIG_FILE", str(config))
+    env = {"CLEARML_CONFIG_FILE": chosen, "CLEARML_OFFLINE_MODE": "1"}
+    if chosen == str(config):  # ours (a step process inherits it from its run)
+        # As a plain path in the environment: written into clearml.conf, HOCON's escapes turned a name that is not
+        # UTF-8 ("o\\udce9") into a folder "o/udce9" beside OUT, and a quote ended the string.
+        env["CLEARML_CACHE_DIR"] = str(check_session_folder(folder) / "cache")
+    return env
+
+
+def check_offline_folder(folder: Path) -> None:
+    """What offline_environment would refuse for `folder`, checked before a command touches its OUT."""
+    if "CLEARML_CONFIG_FILE" not in os.environ:  # else the user's configuration says where the cache is
+        check_session_folder(folder)
+
+
+def check_session_folder(folder: Path) -> Path:
+    """`folder` (absolute) if ClearML's SDK reads it back as the same folder, else ValueError. The SDK expands $VARS
+    in its cache setting, and its storage helper turns backslashes into slashes: under `d$HOME` and `b\\s`, parts of
+    the offline sessions went to `d/root/` and `b/s/` beside OUT. (`#`, `?` and `%` were tried too: the
+    sessions stayed in OUT.)"""
+    path = str(folder.absolute() / "cache")
+    if "\\" in path or os.path.expandvars(path) != path:
+        raise ValueError(
+            f"ClearML cannot keep its offline sessions under {folder}: its SDK would read that path as another "
+            "folder (it expands $VARS and reads a backslash as /); choose an --output without $ or \\ in its path"
+        )
+    return folder.absolute()
 
 
 class Tracker:

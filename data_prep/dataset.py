@@ -30,6 +30,7 @@ from data_prep.manifest import (
     write_report,
 )
 from data_prep.sources import HFLoader, SourceError
+from resources.json_text import dumps
 from resources.paths import safe_join, safe_name, safe_output_path
 
 # Bump when the layout or the hashing changes: old hashes then stop matching. 2: rows gained `reference_zh`.
@@ -64,7 +65,7 @@ def content_hash(options: dict[str, Any], accepted: list[Accepted], report: Repo
         h.update(f"{item.wav_sha256}\n".encode())
     for r in report.rejections:
         # Not `detail`: decoder messages can name machine-specific paths; the reason is the content.
-        h.update((json.dumps([r.id, r.source_path, r.split, r.reason], ensure_ascii=False) + "\n").encode("utf-8"))
+        h.update((dumps([r.id, r.source_path, r.split, r.reason]) + "\n").encode("utf-8"))
     return h.hexdigest()
 
 
@@ -150,7 +151,7 @@ def build_dataset(opts: IngestOptions, loader: HFLoader | None = None) -> Datase
         write_manifest(staging / MANIFEST_NAME, [a.row for a in accepted])
         write_report(staging, report)
         info = _info(opts, digest, accepted, report, parent)
-        (staging / DATASET_JSON).write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (staging / DATASET_JSON).write_text(dumps(info, indent=2) + "\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)  # a folder without dataset.json is a leftover, never a finished dataset
         try:

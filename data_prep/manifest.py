@@ -12,6 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from resources.json_text import dumps
 from resources.paths import is_safe_id, safe_id, safe_join, unique_ids
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -138,7 +139,7 @@ class Report:
 def dumps_row(row: ManifestRow) -> str:
     # Field order is the dataclass's (id first, for people reading the file); one byte form per row, which the
     # content hash relies on.
-    return json.dumps(row.to_dict(), ensure_ascii=False)
+    return dumps(row.to_dict())
 
 
 def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
@@ -195,10 +196,9 @@ def read_manifest(path: str | Path, check_audio: bool = True, check_paths: bool 
 
 
 def write_report(folder: Path, report: Report) -> None:
-    (folder / REPORT_JSON).write_text(
-        json.dumps(report.to_dict(), ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    (folder / REPORT_MD).write_text(report_markdown(report), encoding="utf-8")
+    (folder / REPORT_JSON).write_text(dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # A file name that is not UTF-8 is shown with its escapes (\udce9) rather than failing the report.
+    (folder / REPORT_MD).write_text(report_markdown(report), encoding="utf-8", errors="backslashreplace")
 
 
 def report_markdown(report: Report) -> str:

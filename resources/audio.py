@@ -188,7 +188,7 @@ def probe(path: str | Path) -> AudioHeader:
     path = Path(path)
     check_file(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:  # bytes: a file name that is not UTF-8 opens too
             return _header(f, path.name)
     except AudioError:
         raise
@@ -249,7 +249,7 @@ def load_audio(
     path = Path(path)
     check_file(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:  # bytes: a file name that is not UTF-8 opens too
             header = _header(f, path.name)
             check_header(header, path.name, max_seconds)
             samples = _decode_mono(f, header, path.name, decode_budget(max_seconds))
@@ -259,7 +259,12 @@ def load_audio(
         raise _not_decodable(path, exc) from exc
     if samples.size == 0:
         raise EmptyAudioError(f"{path.name} holds no audio samples")
-    return Audio(resample(samples, header.sample_rate, target_sr), target_sr)
+    resampled = resample(samples, header.sample_rate, target_sr)
+    if resampled.size == 0:  # e.g. one sample at 192 kHz: nothing is left at 16 kHz
+        raise EmptyAudioError(
+            f"{path.name} holds {samples.size} sample(s) at {header.sample_rate} Hz: none at {target_sr} Hz"
+        )
+    return Audio(resampled, target_sr)
 
 
 def probe_seconds(path: str | Path) -> float:
@@ -275,12 +280,16 @@ def to_pcm16(samples: np.ndarray) -> np.ndarray:
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write 16-bit PCM WAV."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), to_pcm16(samples), sample_rate, subtype="PCM_16")
+    # A bytes path (soundfile encodes a str one strictly, so an OUT whose name is not UTF-8 failed); the format
+    # named, as a bytes path's suffix is not read.
+    sf.write(os.fsencode(path), to_pcm16(samples), sample_rate, subtype="PCM_16", format="WAV")
 
 
 def frame_rms_dbfs(samples: np.ndarray, sample_rate: int, frame_ms: float = 30.0) -> np.ndarray:
     """Per-frame RMS level in dBFS (non-overlapping frames)."""
     frame = max(1, int(sample_rate * frame_ms / 1000))
+    if len(samples) == 0:
+        return np.zeros(0)  # no frames (numpy's mean of nothing would warn and give NaN)
     n = len(samples) // frame
     frames = samples[None, :] if n == 0 else samples[: n * frame].reshape(n, frame)
     rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))

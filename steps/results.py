@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resources.json_text import dumps
+
 
 @dataclass
 class ItemResult:
@@ -38,7 +40,7 @@ class ItemResult:
         return self.status == "ok"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        return dumps(asdict(self))
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

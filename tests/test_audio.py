@@ -76,6 +76,24 @@ def test_missing_and_sampleless_files(tmp_path: Path) -> None:
     sf.write(str(tmp_path / "zero.wav"), np.zeros(0, dtype=np.float32), 16_000)
     with pytest.raises(AudioError, match="no audio samples"):
         load_audio(tmp_path / "zero.wav")
+    # A few samples at 192 kHz resample to none at 16 kHz: empty too, not a zero-length "ok" clip (whose level
+    # was the mean of nothing: numpy's warning, and NaN).
+    sf.write(str(tmp_path / "blip.wav"), np.full(4, 0.5, dtype=np.float32), 192_000)
+    with pytest.raises(AudioError, match=r"^blip\.wav holds 4 sample\(s\) at 192000 Hz: none at 16000 Hz$"):
+        load_audio(tmp_path / "blip.wav")
+    assert speech_seconds(Audio(np.zeros(0, dtype=np.float32), 16_000)) == 0.0
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_written(tmp_path: Path) -> None:
+    """os.fsdecode gives such a name lone surrogates, which soundfile encoded strictly: the file could not be
+    opened, nor a WAV written into an OUT so named."""
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    clip = folder / os.fsdecode(b"ni\xf1o.wav")
+    samples = np.sin(np.arange(16_000) * 0.05).astype(np.float32) * 0.5
+    write_wav(clip, samples, 16_000)
+    assert os.listdir(os.fsencode(folder)) == [b"ni\xf1o.wav"]
+    assert probe(clip).frames == 16_000
+    np.testing.assert_allclose(load_audio(clip).samples, samples, atol=1 / 32767)
 
 
 def test_silence_has_no_speech_and_a_tone_does(tmp_path: Path) -> None:

@@ -131,3 +131,19 @@ def test_a_bench_that_cannot_start_leaves_an_earlier_benchs_output_as_it_was(
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert {name: (out / name).read_text() for name in earlier} == earlier
+
+
+def test_the_offline_session_folder_is_one_clearml_reads_back_as_itself(tmp_path: Path) -> None:
+    """The cache goes to ClearML as a plain path in CLEARML_CACHE_DIR (a name that is not UTF-8, a quote: fine);
+    a path that it would read as another folder (a $VAR it expands, a backslash it makes a slash) is refused."""
+    from clearml_pipeline.tracking import check_session_folder, offline_environment
+
+    latin1 = Path(os.fsdecode(os.fsencode(tmp_path) + b"/o\xe9\"q"))
+    env = offline_environment(latin1 / "clearml")
+    assert env["CLEARML_CACHE_DIR"] == str(latin1 / "clearml" / "cache")
+    assert "default_base_dir" not in (latin1 / "clearml" / "clearml.conf").read_text(encoding="utf-8")
+    for name in ("d$HOME", "b\\s"):
+        with pytest.raises(ValueError, match="ClearML cannot keep its offline sessions under"):
+            check_session_folder(tmp_path / name / "clearml")
+    for name in ("run#3", "what?", "100%41", "a;b c", "$NO_SUCH_VARIABLE_S2ST"):
+        assert check_session_folder(tmp_path / name / "clearml") == tmp_path / name / "clearml"

@@ -656,6 +656,20 @@ def test_every_entry_named_like_audio_is_reported_with_what_it_is(release: Path,
     assert str(tmp_path) not in (result.folder / REPORT_JSON).read_text(encoding="utf-8")
 
 
+def test_a_file_name_that_is_not_utf8_is_ingested_and_reported(release: Path, tmp_path: Path) -> None:
+    """A Latin-1 file name (lone surrogates once decoded) used to fail the manifest's and the report's writes."""
+    folder = tmp_path / "latin1-names"
+    copy_clip(release, 0, folder / os.fsdecode(b"ni\xf1o.mp3"))
+    (folder / os.fsdecode(b"vac\xedo.wav")).write_bytes(b"")
+    result = build_dataset(options(folder, tmp_path, source="folder", splits=("all",), name="latin1-names"))
+    (row,) = read_manifest(result.folder / MANIFEST_NAME)
+    assert os.fsencode(row.source_path) == b"ni\xf1o.mp3" and (result.folder / row.audio).is_file()
+    (result.folder / MANIFEST_NAME).read_text(encoding="utf-8")  # strict: the manifest is UTF-8 text
+    (rejected,) = report(result)["rejections"]
+    assert os.fsencode(rejected["source_path"]) == b"vac\xedo.wav" and rejected["reason"] == "empty_file"
+    assert "vac\\udcedo.wav" in (result.folder / "report.md").read_text(encoding="utf-8")
+
+
 def test_non_utf8_text_files_are_named(release: Path, tmp_path: Path) -> None:
     folder = tmp_path / "latin1"
     copy_clip(release, 0, folder / "uno.mp3")

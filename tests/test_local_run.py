@@ -178,7 +178,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "clearml_pipeline", "run", "--local", *args, "--models", "fixtures",
          "--st-max-new-tokens", "8", "--mt-max-new-tokens", "8", "--tts-maxlenratio", "4"],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True, text=True, errors="backslashreplace", env=env, timeout=900,  # a path that is not UTF-8
     )
 
 
@@ -242,6 +242,42 @@ def test_a_mistyped_option_input_or_model_stops_the_run_before_it_touches_an_ear
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert f"error: no audio files (wav, flac, mp3, ogg) under {tmp_path / 'empty'}" in proc.stderr
         assert "Traceback" not in proc.stderr and (out / "results.jsonl").read_text() == '{"id": "earlier"}\n'
+
+
+def test_a_file_name_that_is_not_utf8_is_translated_in_every_runtime(fixture_caches: Any, tmp_path: Path) -> None:
+    """A Latin-1 name (lone surrogates once decoded) failed every runtime's first write of a row ("'utf-8' codec
+    can't encode ... surrogates not allowed"): the whole run, for one file name. Its row now says where it came
+    from (json.loads gives back the path, which opens the file), and OUT may have such a name too."""
+    inputs = Path(os.fsdecode(os.fsencode(tmp_path) + b"/entrada-\xe9"))
+    speak(SPANISH_SENTENCES[0], inputs / os.fsdecode(b"ni\xf1o.wav"))
+    blip = os.fsencode(inputs / "blip.wav")  # nothing left of it at 16 kHz
+    sf.write(blip, np.full(4, 0.5, dtype=np.float32), 192_000, format="WAV")
+    for runtime in ("steps", "inprocess", "streaming"):
+        out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/salida-\xe9-" + runtime.encode()))
+        proc = _run("--runtime", runtime, "--input", str(inputs), "--output", str(out))
+        assert proc.returncode == 1, proc.stderr[-2000:]  # the blip's error row
+        text = (out / "results.jsonl").read_text(encoding="utf-8")  # strict: valid UTF-8
+        rows = {row["id"]: row for row in map(json.loads, text.splitlines())}
+        assert set(rows) == {"blip", "ni_o"}, runtime  # the byte that is not UTF-8 made safe
+        assert rows["ni_o"]["status"] == "ok" and (out / rows["ni_o"]["zh_audio"]).is_file()
+        assert os.fsencode(rows["ni_o"]["source"]) == os.fsencode(inputs) + b"/ni\xf1o.wav"
+        assert rows["blip"]["status"] == "error" and "none at 16000 Hz" in rows["blip"]["error"]
+        json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    # nothing beside the inputs and the three OUTs (ClearML's cache setting, escaped in clearml.conf, made "salida")
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == [b"entrada-\xe9", *(b"salida-\xe9-" + r for r in
+                                                            (b"inprocess", b"steps", b"streaming"))]
+
+
+def test_an_out_clearml_would_read_as_another_folder_is_refused_before_anything_is_written(
+    fixture_caches: Any, tmp_path: Path
+) -> None:
+    """ClearML's SDK makes a backslash a slash in its cache folder: under `b\\s` parts of a step's offline session
+    went to `b/s/` beside OUT. The steps runtime (each step a ClearML task) says so instead, and writes nothing."""
+    clip = tone(tmp_path / "a.wav", 1.0)
+    proc = _run("--input", str(clip), "--output", str(tmp_path / "b\\s"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"ClearML cannot keep its offline sessions under {tmp_path / 'b'}" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a.wav", "b\\s"] and os.listdir(tmp_path / "b\\s") == []
 
 
 def test_ids_do_not_shift_when_a_file_is_added(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from clearml_pipeline.evaluation.quality import quality_summary, score_asr_trans
 from clearml_pipeline.evaluation.report import METRICS, REPORT, format_report, write_plots
 from clearml_pipeline.evaluation.transcriber import Transcriber, is_fixture_run
 from data_prep.manifest import ManifestRow, read_manifest
+from resources.json_text import dumps
 from resources.paths import safe_join
 from steps.results import ItemResult, load_rows
 
@@ -254,6 +255,6 @@ def evaluate_run(out: Path, manifest: Path | None, options: EvaluationOptions) -
     metrics["asr_translation"] = score_asr_translation(rows, refs, items, manifest is not None, asr.info())
     metrics["quality"] = quality_summary(metrics, refs, manifest)
     metrics["plots"] = write_plots(out, rows, metrics) if options.plots else []
-    (out / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    (out / REPORT).write_text(format_report(metrics), encoding="utf-8")
+    (out / METRICS).write_text(dumps(metrics, indent=2), encoding="utf-8")
+    (out / REPORT).write_text(format_report(metrics), encoding="utf-8", errors="backslashreplace")
     return metrics
