@@ -38,8 +38,8 @@ def offline_environment(folder: Path) -> dict[str, str]:
     chosen = os.environ.get("CLEARML_CONFIG_FILE", str(config))
     env = {"CLEARML_CONFIG_FILE": chosen, "CLEARML_OFFLINE_MODE": "1"}
     if chosen == str(config):  # ours (a step process inherits it from its run)
-        # As a plain path in the environment: written into clearml.conf, HOCON's escapes turned a name that is not
-        # UTF-8 ("o\\udce9") into a folder "o/udce9" beside OUT, and a quote ended the string.
+        # As a plain path in the environment. In clearml.conf a quote in it ended the HOCON string, a name that is
+        # not UTF-8 could not be written, and its JSON escape ("o\\udce9") was read as a folder "o/udce9" beside OUT.
         env["CLEARML_CACHE_DIR"] = str(check_session_folder(folder) / "cache")
     return env
 
