@@ -131,18 +131,13 @@ def no_inputs(args: argparse.Namespace) -> str:
     return f"no audio files ({', '.join(('wav', 'flac', 'mp3', 'ogg'))}) under {args.input}"
 
 
-def check_inputs(args: argparse.Namespace) -> None:
-    """At least one input item, as the runtime will list them (the steps runtime reads a folder's manifest.jsonl
+def check_dataset(args: argparse.Namespace) -> None:
+    """The steps runtime's input holds at least one item, as its ingest step lists them (a folder's manifest.jsonl
     when it has one), found before OUT is emptied: an empty folder must not cost an earlier run's output."""
-    if not args.input.is_dir():
-        return  # one file is one item (run_local has checked that it exists)
-    if args.runtime == "steps" and args.command == "run":
-        from clearml_pipeline.step_work import dataset_rows
+    from clearml_pipeline.step_work import dataset_rows
 
-        if not dataset_rows(args.input.absolute(), 1):
-            raise ValueError(f"{no_inputs(args)}, and no items in a manifest.jsonl there")
-    elif not list_inputs(args, 1):
-        raise ValueError(no_inputs(args))
+    if args.input.is_dir() and not dataset_rows(args.input.absolute(), 1):  # one file is one item
+        raise ValueError(f"{no_inputs(args)}, and no items in a manifest.jsonl there")
 
 
 def run_steps(args: argparse.Namespace, started: float) -> int:
@@ -204,7 +199,9 @@ def run_local(args: argparse.Namespace) -> int:
     """`run --local`: what stops a run at once (a missing input or model) is found before OUT is emptied of an
     earlier run's files; interrupted anywhere (even while the models are located), every input still gets a row in
     OUT/results.jsonl."""
+    from clearml_pipeline.config import config_from_flags
     from clearml_pipeline.execution import start_outputs
+    from clearml_pipeline.model_check import check_models, locate_models
     from clearml_pipeline.tracking import check_offline_folder
 
     started = time.time()
@@ -216,13 +213,19 @@ def run_local(args: argparse.Namespace) -> int:
     emptied = False
     try:
         release_signals()  # one held back while the command started lands here, where it is handled
-        check_inputs(args)
-        locate_run_models(args)
+        # Inputs listed and every model located (none loaded) before OUT is emptied. The steps runtime checks its
+        # models again as it starts, from the caches this filled; it alone evaluates.
+        if args.runtime == "steps":
+            check_dataset(args)
+            check_models(config_from_flags(args, evaluation=True))
+        else:
+            prepared = prepare(args)
+            locate_models(prepared[0])
         start_outputs(args.output)
         emptied = True
         if args.runtime == "steps":
             return run_steps(args, started)
-        return run_in_this_process(args)
+        return run_in_this_process(args, *prepared)
     except KeyboardInterrupt:
         if not emptied:
             start_outputs(args.output)
@@ -230,21 +233,12 @@ def run_local(args: argparse.Namespace) -> int:
         return interrupted_exit_code()
 
 
-def locate_run_models(args: argparse.Namespace) -> None:
-    """Every model the run will load located, none loaded (clearml_pipeline.model_check; the steps runtime checks
-    again as it starts, from the caches this filled): a missing one must not cost an earlier run's output."""
-    from clearml_pipeline.config import config_from_flags
-    from clearml_pipeline.model_check import check_models
-
-    check_models(config_from_flags(args, evaluation=args.runtime == "steps"))  # only the steps runtime evaluates
-
-
-def run_in_this_process(args: argparse.Namespace) -> int:
+def run_in_this_process(args: argparse.Namespace, config: Any, resolved: dict[str, Any], items: list[Any]) -> int:
+    """The in-process or streaming runtime on what `prepare` gave: the ready config, its registry record, the inputs."""
     from clearml_pipeline.replicas import StreamingOptions
     from clearml_pipeline.runner import InProcessRuntime, StreamingRuntime
     from steps.options import from_flags
 
-    config, resolved, items = prepare(args)
     runtime = (
         StreamingRuntime(config, from_flags(args, StreamingOptions(), ""))
         if args.runtime == "streaming"

@@ -53,8 +53,13 @@ class ManifestRow:
 
 MANIFEST_COLUMNS = tuple(f.name for f in fields(ManifestRow))
 REQUIRED_COLUMNS = tuple(f.name for f in fields(ManifestRow) if f.default is MISSING)
-# What a column's JSON value may be, by its annotation (JSON has no int/float split, and a bool is no count).
-JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "float": (int, float), "int": (int,)}
+# What a column's JSON value may be, by its annotation (JSON has no int/float split, and a bool is no count), and
+# how a message names it.
+JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "text"),
+    "float": ((int, float), "a number"),
+    "int": ((int,), "a whole number"),
+}
 
 
 def column_problems(data: dict[str, Any]) -> list[str]:
@@ -68,8 +73,8 @@ def column_problems(data: dict[str, Any]) -> list[str]:
         value = data[f.name]
         if value is None and optional:
             continue
-        if isinstance(value, bool) or not isinstance(value, JSON_TYPES[kind]):
-            wanted = {"str": "text", "float": "a number", "int": "a whole number"}[kind]
+        types, wanted = JSON_TYPES[kind]
+        if isinstance(value, bool) or not isinstance(value, types):
             problems.append(f"`{f.name}` is {wanted}{' or null' if optional else ''}, not {json.dumps(value)}")
     return problems
 
