@@ -32,7 +32,7 @@ from clearml_pipeline.model_check import check_models
 from clearml_pipeline.pipeline import Node, PipelineConfig, plan
 from clearml_pipeline.step_task import PARENT_ENV
 from clearml_pipeline.step_work import MANIFEST
-from clearml_pipeline.tracking import offline_environment
+from clearml_pipeline.tracking import check_offline_folder, offline_environment
 from resources.json_text import dumps
 from steps.results import ItemResult, write_rows
 from steps.stages import AUDIO_DIR, STAGES, finish
@@ -58,8 +58,11 @@ def run_locally(
     A model that cannot be located raises ModelUnavailableError before the first step starts."""
     out = out.resolve()
     started = time.perf_counter()
+    # Before OUT is emptied of an earlier run (reproduce comes here directly): an OUT the SDK would misread, and
+    # every step's models, so that a missing TTS model stops the run now, not after hours of Whisper.
+    check_offline_folder(out / "clearml")
+    check_models(config)
     start_outputs(out)
-    check_models(config)  # every step's models, before any step: not a missing TTS model after hours of Whisper
     config_path = out / "pipeline.json"
     config_path.write_text(json.dumps(config.to_dict() | {"shards": shards or {}}, indent=2), encoding="utf-8")
     env = os.environ | offline_environment(out / "clearml") | {PARENT_ENV: str(os.getpid())}

@@ -59,7 +59,8 @@ def check_session_folder(folder: Path) -> Path:
     if "\\" in path or os.path.expandvars(path) != path:
         raise ValueError(
             f"ClearML cannot keep its offline sessions under {folder}: its SDK would read that path as another "
-            "folder (it expands $VARS and reads a backslash as /); choose an --output without $ or \\ in its path"
+            "folder (it expands $VARS and reads a backslash as /); choose an output folder (--output, or --run for "
+            "evaluate) without $ or \\ in its path"
         )
     return folder.absolute()
 

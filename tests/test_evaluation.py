@@ -465,6 +465,15 @@ def test_the_cli_hook_prints_the_table_and_reports_setup_errors(
 
     assert evaluate_cli(["--run", str(tmp_path / "nowhere"), "--tracking", "none"]) == 2
     assert "results.jsonl is missing" in capsys.readouterr().err
+    # A RUN folder whose path ClearML's SDK would read as another folder is refused before anything is scored.
+    odd = tmp_path / "b\\s"
+    shutil.copytree(run["pristine"], odd)
+    before = sorted(os.listdir(odd))
+    assert evaluate_cli(["--run", str(odd), "--tracking", "offline", "--intelligibility", "false"]) == 2
+    assert "--run for evaluate) without $ or \\" in capsys.readouterr().err
+    assert sorted(os.listdir(odd)) == before and sorted(os.listdir(tmp_path)) == ["b\\s", "run"]
+    assert evaluate_cli(["--run", str(tmp_path / "nowhere"), "--tracking", "none"]) == 2
+    assert "results.jsonl is missing" in capsys.readouterr().err
     assert evaluate_cli(["--run", str(out), "--manifest", str(tmp_path / "none.jsonl"), "--tracking", "none"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -8,6 +8,7 @@ results, and reproduce the run from its folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -242,3 +243,13 @@ def test_reproduce_refuses_a_changed_dataset(run: dict[str, Any], tmp_path: Path
     (copy / "summary.json").write_text(json.dumps(summary))
     proc = cli("clearml_pipeline", "reproduce", str(copy), "--output", str(tmp_path / "new"))
     assert proc.returncode == 2 and "has changed since the run" in proc.stderr
+
+
+def test_reproduce_refuses_an_output_that_clearml_would_misread_before_writing(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    """A backslash in OUT: ClearML's SDK would put parts of the offline sessions in a folder beside it
+    (clearml_pipeline.tracking.check_session_folder), so nothing is created or emptied."""
+    proc = cli("clearml_pipeline", "reproduce", str(run["out"]), "--output", str(tmp_path / "b\\s"))
+    assert proc.returncode == 2 and "cannot keep its offline sessions" in proc.stderr
+    assert os.listdir(tmp_path) == []

@@ -9,6 +9,7 @@ from pathlib import Path
 from clearml_pipeline.evaluation.options import EvaluationOptions
 from clearml_pipeline.evaluation.report import METRICS, REPORT, format_quality_table, format_table, track_evaluation
 from clearml_pipeline.evaluation.scoring import evaluate_run
+from clearml_pipeline.tracking import check_offline_folder
 from steps.options import add_flags, from_flags
 
 
@@ -33,6 +34,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     options = from_flags(args, EvaluationOptions(), "")
     try:
+        if args.tracking == "offline":  # refused before scoring writes metrics.json, not after (tracking.py)
+            check_offline_folder(args.run / "clearml")
         metrics = evaluate_run(args.run, args.manifest, options)
     except (FileNotFoundError, ValueError, ModelUnavailableError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
