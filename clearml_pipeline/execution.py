@@ -33,7 +33,10 @@ from steps.stages import AUDIO_DIR, INPUT, StageSpec, StepContext, finish
 T = TypeVar("T")
 INTERRUPTED = "interrupted"
 RESULTS = "results.jsonl"
-RUN_FILES = ("results.jsonl", "summary.json", "metrics.json", "report.md")  # what a finished run leaves in OUT
+PIPELINE_CONFIG = "pipeline.json"  # the steps runtime's config, what `reproduce OUT` reruns
+# What a finished run leaves in OUT. pipeline.json too: left beside a later in-process run's summary, `reproduce`
+# would rerun the earlier run's config as if it were this one's.
+RUN_FILES = ("results.jsonl", "summary.json", "metrics.json", "report.md", PIPELINE_CONFIG)
 RUN_FOLDERS = ("plots",)
 Built = Sequence[tuple[StageSpec, Stage[Any, Any]]]  # the stages to run, in order, with their built backends
 

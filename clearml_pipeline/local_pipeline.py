@@ -26,7 +26,14 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from clearml_pipeline.execution import RESULTS, RUN_FILES, mark_interrupted, read_rows_leniently, start_outputs
+from clearml_pipeline.execution import (
+    PIPELINE_CONFIG,
+    RESULTS,
+    RUN_FILES,
+    mark_interrupted,
+    read_rows_leniently,
+    start_outputs,
+)
 from clearml_pipeline.interrupts import received
 from clearml_pipeline.model_check import check_models
 from clearml_pipeline.pipeline import Node, PipelineConfig, plan
@@ -38,7 +45,7 @@ from steps.results import ItemResult, write_rows
 from steps.stages import AUDIO_DIR, STAGES, finish
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FINAL_FILES = tuple(name for name in RUN_FILES if name != RESULTS)
+FINAL_FILES = tuple(name for name in RUN_FILES if name not in (RESULTS, PIPELINE_CONFIG))
 FINAL_FOLDERS = ("plots",)
 STEP_GRACE_S = 60.0  # an interrupted step writes its rows in seconds; one that does not is killed
 EXIT_SETUP_FAILED = 2
@@ -63,7 +70,7 @@ def run_locally(
     check_offline_folder(out / "clearml")
     check_models(config)
     start_outputs(out)
-    config_path = out / "pipeline.json"
+    config_path = out / PIPELINE_CONFIG
     config_path.write_text(json.dumps(config.to_dict() | {"shards": shards or {}}, indent=2), encoding="utf-8")
     env = os.environ | offline_environment(out / "clearml") | {PARENT_ENV: str(os.getpid())}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clearml_pipeline.config import PipelineConfig
+from clearml_pipeline.execution import PIPELINE_CONFIG
 from steps.stages import STAGES
 
 # (metrics.json path, label) for the side-by-side table: quality, speed, counts.
@@ -51,12 +52,12 @@ def role_fields() -> dict[str, tuple[str, str, str]]:
 
 def pinned_config(old: Path) -> tuple[PipelineConfig, Path, dict[str, int]]:
     """The earlier run's config with its models pinned, its dataset folder (content hash checked) and shards."""
-    if not (old / "pipeline.json").is_file():
+    if not (old / PIPELINE_CONFIG).is_file():
         raise ValueError(
-            f"{old} has no pipeline.json: only runs made by `run --local` (the default steps runtime) or on a "
+            f"{old} has no {PIPELINE_CONFIG}: only runs made by `run --local` (the default steps runtime) or on a "
             f"ClearML server can be reproduced"
         )
-    recorded_config = json.loads((old / "pipeline.json").read_text(encoding="utf-8"))
+    recorded_config = json.loads((old / PIPELINE_CONFIG).read_text(encoding="utf-8"))
     config = PipelineConfig.from_dict(recorded_config)
     summary = json.loads((old / "summary.json").read_text(encoding="utf-8"))
     pins: dict[str, dict[str, Any]] = {}

@@ -201,6 +201,15 @@ def test_a_rerun_into_the_same_out_inside_the_input_keeps_nothing_of_the_earlier
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "c"]  # not out/audio/a.wav as an input
     assert {p.name for p in (out / "audio").iterdir()} == {"a.wav", "c.wav"}  # no b.wav from the first run
+    # The steps runtime's pipeline.json goes with the rest of its run: left beside an in-process run's summary,
+    # `reproduce OUT` would have rerun the earlier run's config.
+    assert (out / "pipeline.json").is_file()
+    third = _run("--runtime", "inprocess", "--input", str(folder), "--output", str(out))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert not (out / "pipeline.json").exists()
+    again = subprocess.run([sys.executable, "-m", "clearml_pipeline", "reproduce", str(out), "--output",
+                            str(tmp_path / "again")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "has no pipeline.json" in again.stderr and not (tmp_path / "again").exists()
 
 
 def test_an_output_that_is_a_file_or_cannot_be_written_is_one_sentence_and_exit_2(tmp_path: Path) -> None:
