@@ -41,6 +41,7 @@ from clearml_pipeline.step_task import PARENT_ENV
 from clearml_pipeline.step_work import MANIFEST
 from clearml_pipeline.tracking import check_offline_folder, offline_environment
 from resources.json_text import dumps
+from resources.paths import UnsafePathError
 from steps.results import ItemResult, write_rows
 from steps.stages import AUDIO_DIR, STAGES, finish
 
@@ -155,12 +156,18 @@ def _copy_audio(rows: list[ItemResult], folders: list[Path], out: Path) -> bool:
     for row in rows:
         if not row.zh_audio:
             continue
-        found = next((folder / row.zh_audio for folder in folders if (folder / row.zh_audio).is_file()), None)
-        if found is None:
+        try:  # a step's rows are read back from disk: a path in them stays inside its folder, and inside OUT
+            target = row.audio_path(out)
+            found = next((p for folder in folders if (p := row.audio_path(folder)) and p.is_file()), None)
+        except UnsafePathError as exc:
+            row.fail(STAGES[-1].name, f"its audio file is not inside the step's output: {exc}")
+            row.zh_audio, missing = None, True
+            continue
+        if found is None or target is None:
             row.fail(STAGES[-1].name, f"its audio file {row.zh_audio} is missing from the step's output")
             row.zh_audio, missing = None, True
         else:
-            shutil.copyfile(found, out / row.zh_audio)
+            shutil.copyfile(found, target)
     return missing
 
 

@@ -53,9 +53,9 @@ def report_audio_samples(logger: Any, rows: list[ItemResult], out: Path, limit: 
     """The first `limit` synthesized clips as playable debug samples, and their texts as a table."""
     import pandas as pd
 
-    shown = [r for r in rows if r.ok and r.zh_audio][: max(limit, 0)]
+    shown = [r for r in rows if r.ok and r.audio_inside(out)][: max(limit, 0)]  # never a file outside OUT
     for row in shown:
-        logger.report_media("output audio", row.id, iteration=0, local_path=str(out / str(row.zh_audio)))
+        logger.report_media("output audio", row.id, iteration=0, local_path=str(row.audio_inside(out)))
     if shown:
         table = pd.DataFrame(
             [{"id": r.id, "english": r.en_text, "chinese": r.zh_text, "seconds": r.zh_audio_seconds} for r in shown]

@@ -244,7 +244,7 @@ def _resumable(env: StepEnv, stage: str, keys: dict[str, str]) -> dict[str, Item
             continue
         if stored.get(item_id) is None or stored[item_id] != keys.get(item_id):
             continue
-        if row.zh_audio and not (env.out / row.zh_audio).is_file():
+        if row.zh_audio and not ((audio := row.audio_inside(env.out)) and audio.is_file()):
             continue
         done[item_id] = row
     if stale := sum(row.stage != INTERRUPTED for row in rows.values()) - len(done):

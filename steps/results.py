@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from resources.json_text import dumps
+from resources.paths import UnsafePathError, safe_join
 
 
 @dataclass
@@ -38,6 +39,19 @@ class ItemResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def audio_path(self, out: Path) -> Path | None:
+        """The row's audio file under the output folder `out`, None if it has none. A row read back from disk is
+        data: a zh_audio that is absolute, climbs out with `..` or resolves through a link outside `out` raises
+        resources.paths.UnsafePathError, so no reader copies, uploads or transcribes a file elsewhere."""
+        return safe_join(out, self.zh_audio) if self.zh_audio else None
+
+    def audio_inside(self, out: Path) -> Path | None:
+        """audio_path, or None where the path would leave `out`: for readers that treat it as no audio."""
+        try:
+            return self.audio_path(out)
+        except UnsafePathError:
+            return None
 
     def to_json(self) -> str:
         return dumps(asdict(self))

@@ -510,3 +510,23 @@ def test_the_clearml_offline_session_holds_the_stable_scalar_names(run: dict[str
     assert any(e["type"] == "plot" and e["metric"] == "items" for e in events)  # the per-item table
     assert any(n.endswith("plots_latency_histogram_00000000.png") for n in names)
     assert any(n.endswith("artifacts/metrics/metrics.json") for n in names)
+
+
+def test_a_results_row_whose_audio_path_leaves_the_run_is_not_transcribed(run: dict[str, Any], tmp_path: Path) -> None:
+    """results.jsonl is data: zh_audio pointing outside the run folder (absolute, `..`, a link out) is no audio of
+    this run. Before, `evaluate` transcribed whatever file it named."""
+    out = tmp_path / "run"
+    shutil.copytree(run["pristine"], out)
+    elsewhere = tmp_path / "elsewhere.wav"
+    shutil.copyfile(next((out / "audio").glob("*.wav")), elsewhere)
+    (out / "audio" / "link.wav").symlink_to(elsewhere)
+    hostile = [str(elsewhere), "../elsewhere.wav", "audio/link.wav"]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    spoken = next(row for row in rows if row["zh_audio"])
+    rows = [row for row in rows if not row["zh_audio"]]
+    rows += [spoken | {"id": f"hostile{i}", "zh_audio": path} for i, path in enumerate(hostile)]
+    (out / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    metrics = evaluate_run(out, None, EvaluationOptions(plots=False))
+    reasons = {item["id"]: item["intelligibility_reason"] for item in metrics["items"]}
+    assert [reasons[f"hostile{i}"] for i in range(len(hostile))] == ["audio path outside the run folder"] * 3
+    assert metrics["intelligibility"]["cer"] is None and metrics["asr"] is None  # nothing transcribed

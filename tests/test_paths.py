@@ -126,3 +126,50 @@ def test_a_real_long_named_nested_file_gets_an_id_that_fits(tmp_path: Path) -> N
         target = safe_output_path(tmp_path / "out", "audio", item_id, ".wav")
         write_wav(target, np.zeros(160, dtype=np.float32), 16_000)  # raised OSError (name too long) before
         assert target.is_file() and len(target.name.encode()) <= ID_MAX_BYTES + 4
+
+
+def test_a_rows_audio_path_is_read_inside_its_folder_only(tmp_path: Path) -> None:
+    """A row read back from results.jsonl names its audio relative to OUT; a path that leaves OUT is refused
+    (audio_path) or no audio at all (audio_inside), and a step's audio is never copied out of OUT."""
+    from clearml_pipeline.local_pipeline import _copy_audio
+    from steps.results import ItemResult
+
+    out, step = tmp_path / "out", tmp_path / "out" / "steps" / "speech_synthesis"
+    (step / "audio").mkdir(parents=True)
+    write_wav(step / "audio" / "a.wav", np.zeros(160, dtype=np.float32), 16000)
+    (tmp_path / "x.wav").write_bytes((step / "audio" / "a.wav").read_bytes())
+    good = ItemResult("a", "a.wav", zh_audio="audio/a.wav")
+    assert good.audio_path(out) == out / "audio" / "a.wav" and ItemResult("n", "n.wav").audio_path(out) is None
+    hostile = ["../x.wav", str(tmp_path / "x.wav"), "audio/../../x.wav", "..\\x.wav"]
+    for path in hostile:
+        with pytest.raises(UnsafePathError):
+            ItemResult("b", "b.wav", zh_audio=path).audio_path(out)
+        assert ItemResult("b", "b.wav", zh_audio=path).audio_inside(out) is None
+    rows = [good, *(ItemResult(f"h{i}", "h.wav", zh_audio=path) for i, path in enumerate(hostile))]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _copy_audio(rows, [step], out) is True
+    assert (out / "audio" / "a.wav").is_file() and good.ok
+    assert all(row.status == "error" and row.zh_audio is None and "not inside" in str(row.error) for row in rows[1:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # x.wav untouched, nothing written beside OUT
+
+
+def test_only_audio_inside_out_is_uploaded_as_a_debug_sample(tmp_path: Path) -> None:
+    """report_audio_samples uploads the files the rows name: never one outside OUT (ClearML would store it)."""
+    from clearml_pipeline.reporting import report_audio_samples
+    from steps.results import ItemResult
+
+    (tmp_path / "out" / "audio").mkdir(parents=True)
+    write_wav(tmp_path / "out" / "audio" / "a.wav", np.zeros(160, dtype=np.float32), 16000)
+    (tmp_path / "secret.wav").write_bytes(b"not for the server")
+    uploaded: list[str] = []
+
+    class Logger:
+        def report_media(self, title: str, series: str, iteration: int, local_path: str) -> None:
+            uploaded.append(local_path)
+
+        def report_table(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    rows = [ItemResult("h", "h.wav", zh_audio="../secret.wav"), ItemResult("a", "a.wav", zh_audio="audio/a.wav")]
+    assert report_audio_samples(Logger(), rows, tmp_path / "out", limit=5) == 1
+    assert uploaded == [str(tmp_path / "out" / "audio" / "a.wav")]

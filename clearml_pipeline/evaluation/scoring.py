@@ -138,13 +138,15 @@ def score_intelligibility(
             reason = "no speech in input"
         elif not row.zh_audio:
             reason = "no synthesized audio"
-        elif not (out / row.zh_audio).is_file():
+        elif (audio := row.audio_inside(out)) is None:
+            reason = "audio path outside the run folder"
+        elif not audio.is_file():
             reason = "audio file missing"
         elif not normalize_zh(ref):
             reason = "nothing sayable in zh_text"
         else:
             reason = None
-            todo.append((index, out / row.zh_audio, ref))
+            todo.append((index, audio, ref))
         item["intelligibility_reason"] = reason
     texts = asr([path for _, path, _ in todo], options.asr_language, options.asr_task, "transcribing zh")
     hyps, golds = score_transcripts(items, "intelligibility", todo, texts, "asr_zh", "cer", cer)
