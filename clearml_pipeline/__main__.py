@@ -159,6 +159,8 @@ def run_steps(args: argparse.Namespace, started: float) -> int:
           f"(upload: clearml-task --import-offline-session ZIP)")
     if summary.get("interrupted"):
         return exit_interrupted(summary)
+    if summary.get("failed_step"):  # every row may be fine, and still the run did not finish (the evaluation)
+        return EXIT_ITEMS_FAILED
     return EXIT_OK if summary["counts"]["error"] == 0 else EXIT_ITEMS_FAILED
 
 

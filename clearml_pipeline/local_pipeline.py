@@ -49,7 +49,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FINAL_FILES = tuple(name for name in RUN_FILES if name not in (RESULTS, PIPELINE_CONFIG))
 FINAL_FOLDERS = ("plots",)
 STEP_GRACE_S = 60.0  # an interrupted step writes its rows in seconds; one that does not is killed
-EXIT_SETUP_FAILED = 2
 INTERRUPTED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
@@ -95,12 +94,14 @@ def run_locally(
             return salvage(config, dataset, out, launched, started, interrupted=received() or signal.SIGINT)
         if code in INTERRUPTED_CODES:  # the step alone was signalled: the run stops as if this one was
             return salvage(config, dataset, out, launched, started, interrupted=code - 128)
-        if code == EXIT_SETUP_FAILED or (code != 0 and node is nodes[0]):  # could not start: OUT gets nothing
-            error = folder / "error.txt"
-            raise StepFailedError(node.name, code, error.read_text().strip() if error.is_file() else "")
-        if code != 0:  # it died: what is finished is kept, the rest fails saying so
-            print(f"error: step {node.name} died (exit code {code})", file=sys.stderr)
-            return salvage(config, dataset, out, launched, started, died=f"step {node.name} died (exit {code})")
+        error = folder / "error.txt"
+        detail = error.read_text(encoding="utf-8", errors="replace").strip() if code and error.is_file() else ""
+        if code != 0 and node is nodes[0]:  # the dataset could not be listed: OUT gets nothing
+            raise StepFailedError(node.name, code, detail)
+        if code != 0:  # it failed or died: what is finished is kept, the rest fails saying so
+            failed = f"step {node.name} {'failed' if detail else 'died'} (exit {code}){': ' + detail if detail else ''}"
+            print(f"error: {failed}; every item's row is kept in {out / RESULTS}", file=sys.stderr)
+            return salvage(config, dataset, out, launched, started, died=failed)
         print(f"      done in {time.perf_counter() - started:.1f} s", flush=True)
     publish(out / "steps" / nodes[-1].name, out, dataset)
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -218,6 +219,8 @@ def salvage(
                         config.to_dict(), run_device(config.run))
     summary["registry"] = registry
     summary["interrupted"] = interrupted is not None
+    if died:  # the run did not finish even where every row did (the evaluation step): the exit status says so
+        summary["failed_step"] = died
     if interrupted is not None:
         summary["interrupted_by"] = interrupted
     (out / "summary.json").write_text(dumps(summary, indent=2), encoding="utf-8")

@@ -9,6 +9,7 @@ its parameters unchanged (the UI's "clone and run"), and the new task id is prin
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,11 @@ def reproduce(run: str, output: Path) -> int:
 
     config, dataset, shards = pinned_config(old)
     config = config.updated(model_caches(config.run.runner.models, config.sections()))
-    run_locally(config, dataset, output, shards)
+    summary = run_locally(config, dataset, output, shards)
+    if summary.get("interrupted") or summary.get("failed_step"):  # no metrics.json to set beside the old one
+        print(f"not reproduced: the run {'was interrupted' if summary.get('interrupted') else 'did not finish'}; "
+              f"every item's row is in {output / 'results.jsonl'}", file=sys.stderr)
+        return 128 + int(summary["interrupted_by"]) if summary.get("interrupted") else 1
     before = json.loads((old / "metrics.json").read_text(encoding="utf-8")) if (old / "metrics.json").is_file() else {}
     now = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
     print(f"\nreproduced {old} -> {output}\n{side_by_side(before, now)}")

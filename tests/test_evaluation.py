@@ -530,3 +530,23 @@ def test_a_results_row_whose_audio_path_leaves_the_run_is_not_transcribed(run: d
     reasons = {item["id"]: item["intelligibility_reason"] for item in metrics["items"]}
     assert [reasons[f"hostile{i}"] for i in range(len(hostile))] == ["audio path outside the run folder"] * 3
     assert metrics["intelligibility"]["cer"] is None and metrics["asr"] is None  # nothing transcribed
+
+
+def test_a_manifest_row_whose_audio_leaves_its_folder_does_not_stop_the_evaluation(tmp_path: Path) -> None:
+    """The ingest step makes such a row an error row and runs the rest; the evaluation refused the whole manifest
+    ("absolute path '/etc/passwd' is not allowed"), and the steps runtime lost every row with it. References are
+    read by id; the hostile path is never matched or opened."""
+    from clearml_pipeline.evaluation.scoring import load_references
+
+    (tmp_path / "audio").mkdir()
+    base = {"duration_s": 1.0, "sentence": "hola", "split": "test", "source_path": "x.mp3"}
+    lines = [base | {"id": "good", "audio": "audio/good.wav", "reference_en": "hello"},
+             base | {"id": "abs", "audio": "/etc/passwd", "reference_en": "absolute"},
+             base | {"id": "climb", "audio": "../../x.wav", "reference_en": "climbing"}]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = [ItemResult("good", "audio/good.wav"), ItemResult("abs", "/etc/passwd", status="error"),
+            ItemResult("other", "/etc/passwd")]
+    found, info = load_references(manifest, rows)
+    assert {key: entry.reference_en for key, entry in found.items()} == {"good": "hello", "abs": "absolute"}
+    assert info["manifest_rows"] == 3 and info["matched_items"] == 2  # "other" is not matched by the hostile path

@@ -174,12 +174,56 @@ def test_source_is_the_input_path_as_given(run: dict[str, Any], inputs: Path) ->
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
     return subprocess.run(
-        [sys.executable, "-m", "clearml_pipeline", "run", "--local", *args, "--models", "fixtures",
-         "--st-max-new-tokens", "8", "--mt-max-new-tokens", "8", "--tts-maxlenratio", "4"],
-        capture_output=True, text=True, errors="backslashreplace", env=env, timeout=900,  # a path that is not UTF-8
-    )
+        _command(*args), capture_output=True, text=True, errors="backslashreplace", env=_env(), timeout=900
+    )  # backslashreplace: a path that is not UTF-8
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clearml_pipeline", "run", "--local", *args, "--models", "fixtures",
+            "--st-max-new-tokens", "8", "--mt-max-new-tokens", "8", "--tts-maxlenratio", "4"]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+
+
+@pytest.mark.parametrize("victim", ["machine_translation", "evaluation"])
+def test_a_later_step_that_dies_keeps_every_row_and_the_run_fails(
+    fixture_caches: Any, tmp_path: Path, victim: str
+) -> None:
+    """A step process killed mid-run (SIGKILL: the out-of-memory killer) fails the rows it had not finished, with
+    what earlier steps made kept, and every row is in OUT (README). The evaluation step dying fails no row, and
+    the run still did not finish: exit 1 and summary.json's failed_step (it was exit 0, as if it had)."""
+    import psutil
+
+    folder, out = tmp_path / "clips", tmp_path / "out"
+    speak(SPANISH_SENTENCES[0], folder / "a.wav")
+    speak(SPANISH_SENTENCES[1], folder / "b.wav")
+    proc = subprocess.Popen(_command("--input", str(folder), "--output", str(out)), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = False, time.monotonic() + 600
+    while not killed and proc.poll() is None and time.monotonic() < deadline:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if f"--step {victim} " in " ".join(child.cmdline()):
+                    child.kill()
+                    killed = True
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert killed and proc.returncode == 1, stdout[-2000:] + stderr[-2000:]
+    assert f"step {victim} died (exit -9)" in stderr
+    rows = {row["id"]: row for row in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(rows) == {"a", "b"} and summary["failed_step"] == f"step {victim} died (exit -9)"
+    if victim == "evaluation":  # every row went through every stage: kept as it is, with its audio
+        assert all(row["status"] == "ok" and (out / row["zh_audio"]).is_file() for row in rows.values())
+    else:  # speech translation's English is kept; the rest failed, saying why
+        for row in rows.values():
+            assert row["status"] == "error" and row["stage"] == victim and row["en_text"]
+            assert row["error"].startswith(f"not processed: step {victim} died (exit -9)") and not row["zh_audio"]
 
 
 def test_a_rerun_into_the_same_out_inside_the_input_keeps_nothing_of_the_earlier_run(

@@ -42,9 +42,14 @@ def source_path(source: str, manifest: Path | None) -> Path | None:
     path = Path(source)
     if path.is_absolute() or manifest is None:
         return path
+    return dataset_file(manifest, source)
+
+
+def dataset_file(manifest: Path, relative: str) -> Path | None:
+    """`relative` inside the manifest's folder, None if it would leave it (such a path is never opened)."""
     try:
-        return safe_join(manifest.parent, source)
-    except ValueError:  # a path that leaves the dataset folder is never opened
+        return safe_join(manifest.parent, relative)
+    except ValueError:
         return None
 
 
@@ -55,11 +60,13 @@ def load_references(manifest: Path | None, rows: list[ItemResult]) -> tuple[dict
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest} does not exist")
     try:
-        entries = read_manifest(manifest, check_audio=False)
+        # A row whose audio path leaves the folder is that row's error (the ingest step made it one), not the
+        # manifest's: its references are still read by id, and its path is never matched (or opened) here.
+        entries = read_manifest(manifest, check_audio=False, check_paths=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{manifest} is not a dataset manifest (manifest.jsonl): {exc}") from exc
     by_id = {e.id: e for e in entries}
-    by_path = {(manifest.parent / e.audio).resolve(): e for e in entries}
+    by_path = {path.resolve(): e for e in entries if (path := dataset_file(manifest, e.audio))}
     found = {}
     for row in rows:
         path = source_path(row.source, manifest)
