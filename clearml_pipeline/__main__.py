@@ -128,16 +128,31 @@ def prepare(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
 
 
 def no_inputs(args: argparse.Namespace) -> str:
-    return f"no audio files ({', '.join(('wav', 'flac', 'mp3', 'ogg'))}) under {args.input}"
+    return f"no audio files ({audio_suffixes()}) under {args.input}"
+
+
+def audio_suffixes() -> str:
+    from resources.audio import AUDIO_EXTENSIONS
+
+    return ", ".join(ext.lstrip(".") for ext in AUDIO_EXTENSIONS)
 
 
 def check_dataset(args: argparse.Namespace) -> None:
     """The steps runtime's input holds at least one item, as its ingest step lists them (a folder's manifest.jsonl
-    when it has one), found before OUT is emptied: an empty folder must not cost an earlier run's output."""
+    when it has one), found before OUT is emptied: an empty folder must not cost an earlier run's output. One file
+    is one item when the ingest step will list it: an audio suffix, a regular file (a FIFO would block the read)."""
     from clearml_pipeline.step_work import dataset_rows
+    from resources.audio import AUDIO_EXTENSIONS, check_file
 
-    if args.input.is_dir() and not dataset_rows(args.input.absolute(), 1):  # one file is one item
-        raise ValueError(f"{no_inputs(args)}, and no items in a manifest.jsonl there")
+    if args.input.is_dir():
+        if not dataset_rows(args.input.absolute(), 1):
+            raise ValueError(f"{no_inputs(args)}, and no items in a manifest.jsonl there")
+        return
+    if not args.input.is_file():
+        check_file(args.input)  # raises what it is: a FIFO, a device, a socket
+    if args.input.suffix.lower() not in AUDIO_EXTENSIONS:  # the ingest step lists a dataset's clips by suffix
+        raise ValueError(f"input {args.input} is not an audio file ({audio_suffixes()}): the steps runtime reads "
+                         f"audio files by their suffix (--runtime inprocess tries to decode any one file)")
 
 
 def run_steps(args: argparse.Namespace, started: float) -> int:

@@ -293,8 +293,18 @@ def test_a_mistyped_option_input_or_model_stops_the_run_before_it_touches_an_ear
         (tmp_path / "empty").mkdir(exist_ok=True)  # a folder with nothing to translate
         proc = _run("--runtime", runtime, "--input", str(tmp_path / "empty"), "--output", str(out))
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert f"error: no audio files (wav, flac, mp3, ogg) under {tmp_path / 'empty'}" in proc.stderr
+        assert f"error: no audio files (wav, flac, mp3, ogg, opus) under {tmp_path / 'empty'}" in proc.stderr
         assert "Traceback" not in proc.stderr and (out / "results.jsonl").read_text() == '{"id": "earlier"}\n'
+    # One input that is not an audio file the steps runtime's ingest step lists: said before OUT is emptied (a FIFO
+    # was "does not exist", and a text file "the dataset OUT/input holds no audio items", after OUT was emptied).
+    os.mkfifo(tmp_path / "pipe.wav")
+    (tmp_path / "notes.txt").write_text("not audio")
+    for given, said in ((tmp_path / "pipe.wav", "pipe.wav is a FIFO (named pipe), not an audio file"),
+                        (Path("/dev/zero"), "zero is a device file, not an audio file"),
+                        (tmp_path / "notes.txt", f"input {tmp_path / 'notes.txt'} is not an audio file (wav, flac")):
+        proc = _run("--input", str(given), "--output", str(out))
+        assert proc.returncode == 2 and f"error: {said}" in proc.stderr, proc.stderr[-2000:]
+        assert (out / "results.jsonl").read_text() == '{"id": "earlier"}\n' and not (out / "input").exists()
 
 
 def test_a_file_name_that_is_not_utf8_is_translated_in_every_runtime(fixture_caches: Any, tmp_path: Path) -> None:
