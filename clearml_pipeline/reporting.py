@@ -53,9 +53,10 @@ def report_audio_samples(logger: Any, rows: list[ItemResult], out: Path, limit: 
     """The first `limit` synthesized clips as playable debug samples, and their texts as a table."""
     import pandas as pd
 
-    shown = [r for r in rows if r.ok and r.audio_inside(out)][: max(limit, 0)]  # never a file outside OUT
-    for row in shown:
-        logger.report_media("output audio", row.id, iteration=0, local_path=str(row.audio_inside(out)))
+    clips = [(r, path) for r in rows if r.ok and (path := r.audio_inside(out))][: max(limit, 0)]  # none outside OUT
+    for row, path in clips:
+        logger.report_media("output audio", row.id, iteration=0, local_path=str(path))
+    shown = [row for row, _ in clips]
     if shown:
         table = pd.DataFrame(
             [{"id": r.id, "english": r.en_text, "chinese": r.zh_text, "seconds": r.zh_audio_seconds} for r in shown]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clearml_pipeline.config import PipelineConfig
-from clearml_pipeline.execution import PIPELINE_CONFIG
+from clearml_pipeline.execution import PIPELINE_CONFIG, RESULTS
 from steps.stages import STAGES
 
 # (metrics.json path, label) for the side-by-side table: quality, speed, counts.
@@ -118,7 +118,7 @@ def reproduce(run: str, output: Path) -> int:
     summary = run_locally(config, dataset, output, shards)
     if summary.get("interrupted") or summary.get("failed_step"):  # no metrics.json to set beside the old one
         print(f"not reproduced: the run {'was interrupted' if summary.get('interrupted') else 'did not finish'}; "
-              f"every item's row is in {output / 'results.jsonl'}", file=sys.stderr)
+              f"every item's row is in {output / RESULTS}", file=sys.stderr)
         return 128 + int(summary["interrupted_by"]) if summary.get("interrupted") else 1
     before = json.loads((old / "metrics.json").read_text(encoding="utf-8")) if (old / "metrics.json").is_file() else {}
     now = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
