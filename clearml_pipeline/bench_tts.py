@@ -2,9 +2,11 @@
 
 python -m clearml_pipeline bench-tts --models fixtures-full --batch-sizes 1,8 --requests 16 --output OUT
 
-One loaded stage (EspnetSynthesizer) synthesizes `--requests` texts (registry.fixtures.corpus.CHINESE, cycled)
-in calls of `--items-per-call` items: `--warmup-passes` untimed passes over the same texts at each size (shapes
-seen, as a serving process has seen them), then `--repeats` timed passes at that size, one size after the other.
+One loaded stage (EspnetSynthesizer) synthesizes `--requests` texts (registry.fixtures.corpus.CHINESE, cycled),
+longest first as the speech synthesis step takes a dataset's rows (`--order given`: as they come, the streaming
+runtime's case), in calls of `--items-per-call` items: `--warmup-passes` untimed passes over the same texts at
+each size (shapes seen, as a serving process has seen them), then `--repeats` timed passes at that size, one size
+after the other.
 OUT/bench_tts.json has, per batch size, the median pass's items_per_s, rtf (synthesis seconds
 / audio seconds) and audio_seconds, with every pass's rtf (rtf_passes), plus max_abs_diff: the
 largest difference between the batched mels and ESPnet's own one-at-a-time Text2Speech mels with the prenet's
@@ -160,6 +162,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     from clearml_pipeline.memory import objects_frozen
     from registry.fixtures.corpus import CHINESE
     from steps.speech_synthesis import EspnetSynthesizer
+    from steps.stages import longest_first
     from steps.tacotron_batch import batchable
 
     if args.fresh_lengths and args.models == "hub":
@@ -177,6 +180,8 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
     stage = EspnetSynthesizer(options)
     stage.ensure_ready()
     texts = [CHINESE[i % len(CHINESE)] for i in range(args.requests)]
+    if args.order == "length":  # as the speech synthesis step takes a dataset's rows (steps.stages.longest_first)
+        texts = longest_first(texts, len)
     stage.run(texts[:1])  # warm-up: first-call allocations and lazy imports stay out of the figures
     passes: dict[str, list[dict[str, Any]]] = {str(size): [] for size in args.batch_sizes}
     fresh = itertools.count()
@@ -221,6 +226,7 @@ def run_bench_tts(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "requests": args.requests,
         "items_per_call": args.items_per_call,
+        "order": args.order,
         "warmup_passes": args.warmup_passes,
         "fresh_lengths": args.fresh_lengths,
         "vocoder_bucket_frames": stage.options.vocoder_bucket_frames,
@@ -288,6 +294,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", type=_sizes, default=[1, 8], help="comma separated, e.g. 1,8")
     parser.add_argument("--requests", type=int, default=16, help="Chinese texts synthesized per batch size")
     parser.add_argument("--items-per-call", type=int, default=8, help="items per stage call (the runner's batch)")
+    parser.add_argument(
+        "--order",
+        choices=("length", "given"),
+        default="length",
+        help="the texts longest first, as the speech synthesis step runs a dataset (length), or cycled from the "
+        "corpus as they come, as the streaming runtime meets them (given)",
+    )
     parser.add_argument("--warmup-passes", type=int, default=1, help="untimed passes before each batch size is timed")
     parser.add_argument(
         "--repeats",

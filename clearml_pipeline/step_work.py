@@ -9,6 +9,9 @@ A stage step resumes from `partial.jsonl` (its own folder's, or the checkpoint a
 row by row, and only where the row's resume key matches: a hash of the stage's configuration (less the
 machine's cache folders), of the row as this step was given it (less timings) and, for the stage that decodes
 the input, of the input file's bytes. Same names with other audio, or another model, is a fresh start.
+
+A stage whose StageSpec knows a row's `size` (machine translation, speech synthesis: the text's length) takes the
+rows longest first, so that each batch holds items of like size; results.jsonl keeps the input order.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from data_prep.manifest import read_manifest
 from resources.json_text import dumps
 from steps.options import fields_with
 from steps.results import ItemResult, load_rows, write_rows
-from steps.stages import AUDIO_DIR, INPUT, StageSpec, StepContext, build_stage
+from steps.stages import AUDIO_DIR, INPUT, StageSpec, StepContext, build_stage, longest_first
 
 RESULTS, RUN, SUMMARY, PARTIAL = "results.jsonl", "run.json", "summary.json", "partial.jsonl"
 MANIFEST = "manifest.jsonl"
@@ -166,6 +169,8 @@ def run_stage(env: StepEnv, given: StepInput | None) -> dict[str, Any]:
     done = _resumable(env, spec.name, keys)
     _fresh_audio(env, given, done)
     todo = [row for row in mine if row.id not in done]
+    if spec.size is not None:  # a whole dataset at hand: batches of like size (results.jsonl keeps input order)
+        todo = longest_first(todo, spec.size)
     label = f"{spec.name} [{env.io.shard}]" if shards > 1 else spec.name
     bar = tqdm(total=len(todo) + len(done), initial=len(done), desc=label)
     sink = ResultsSink(env.out / PARTIAL, append=True, checkpoint=env.checkpoint, every=env.io.checkpoint_every,

@@ -10,10 +10,10 @@ STAGES and calls their steps in order; adding a stage is one StageSpec entry and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from resources.audio import Audio, AudioError, load_audio, probe_seconds, write_wav
 from resources.paths import UnsafePathError, safe_join, safe_output_path
@@ -24,6 +24,7 @@ from steps.speech_synthesis import EspnetSynthesizer, SpeechSynthesisOptions
 from steps.speech_translation import FasterWhisperTranslator, SpeechTranslationOptions, WhisperTranslator
 
 AUDIO_DIR = "audio"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ class StageSpec:
     writes: tuple[str, ...] = ()  # the row fields it fills in (the bench resets them to replay the stage alone)
     reads_dataset: bool = False  # its rows' sources are the dataset's files (it decodes the input audio)
     seed_items_per_s: float | None = None  # seed 000's measured rate, the baseline the bench reports beside ours
+    # How much work a row is for this stage, known before it runs (None: unknown). A batch costs what its longest
+    # item costs (batched generation and Tacotron2's decoder step until the last item stops), so a step that
+    # runs a whole dataset takes its rows longest first and each batch holds items of like size.
+    size: Callable[[ItemResult], int] | None = None
 
 
 SPEECH_TRANSLATION = StageSpec(
@@ -158,6 +163,7 @@ MACHINE_TRANSLATION = StageSpec(
     models={"machine_translation": "model"},
     writes=("zh_text",),
     seed_items_per_s=9.65,
+    size=lambda row: len(row.en_text or ""),
 )
 SPEECH_SYNTHESIS = StageSpec(
     "speech_synthesis",
@@ -168,6 +174,7 @@ SPEECH_SYNTHESIS = StageSpec(
     models={"speech_synthesis": "model", "vocoder": "vocoder"},
     writes=("zh_audio", "zh_audio_seconds", "unsayable"),
     seed_items_per_s=0.32,
+    size=lambda row: len(row.zh_text or ""),
 )
 
 # In pipeline order. A list, so that a stage can be registered (tests add an identity stage); everything else
@@ -194,6 +201,12 @@ def build_stage(spec: StageSpec, options: Any) -> Stage[Any, Any]:
     except KeyError:
         raise ValueError(f"{spec.name}: unknown backend {backend!r}; choose from {', '.join(spec.backends)}") from None
     return cls(options)
+
+
+def longest_first(items: Sequence[T], size: Callable[[T], int]) -> list[T]:
+    """`items` by decreasing size, equal sizes in their given order: batches of consecutive items then pad and
+    decode little beyond their own lengths (the first batch is the costliest, so a run's ETA errs long)."""
+    return sorted(items, key=lambda item: -size(item))
 
 
 def finish(row: ItemResult) -> ItemResult:

@@ -8,6 +8,7 @@ summaries pick it up with no other edit.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from clearml_pipeline.pipeline import parameters, parse_shards, pipeline_paramet
 from clearml_pipeline.runner import InProcessRuntime
 from steps.base import ItemError, ModelInfo, Stage
 from steps.options import option
-from steps.results import ItemResult, load_rows
+from steps.results import ItemResult, load_rows, write_rows
 from steps.stages import STAGES, StageSpec, StepContext, stage_names
 from tests.configs import fixture_config
 from tests.speech import SPANISH_SENTENCES, speak
@@ -116,3 +117,47 @@ def test_the_inprocess_runtime_runs_a_registered_stage(
         assert row.ok and row.zh_text and row.zh_text.endswith("。") and "echo" in row.latency_s
         assert row.zh_audio and (tmp_path / "out" / row.zh_audio).is_file()
         assert row.latency_s["total"] == pytest.approx(sum(row.latency_s.get(n, 0.0) for n in stage_names()))
+
+
+class _Logger:
+    """Stands in for a clearml Logger: every report is accepted and dropped (the figures are not under test)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def test_a_stage_step_takes_a_datasets_rows_longest_first(tmp_path: Path) -> None:
+    """A step runs a whole dataset through its stage, so with a `size` in its StageSpec it takes the rows longest
+    first: each call holds rows of like size (a batch costs what its longest item costs), and results.jsonl still
+    lists every row in input order."""
+    from clearml_pipeline.pipeline import PipelineStep, StepIO
+    from clearml_pipeline.step_work import StepEnv, StepInput, run_stage
+
+    calls: list[list[str]] = []
+
+    class Recording(Echo):
+        def process(self, inputs: Sequence[str]) -> list[str | ItemError]:
+            calls.append(list(inputs))
+            return super().process(inputs)
+
+    spec = StageSpec("echo", "echo", EchoOptions, {"identity": Recording}, echo_step, writes=("zh_text",),
+                     size=lambda row: len(row.zh_text or ""))
+    texts = ["你好吗", "今天的天气非常好啊", "好", "我们明天去北京", "谢谢你们", "这是一个很长的句", "再见"]
+    given = tmp_path / "given"
+    given.mkdir()
+    write_rows(given / "results.jsonl", [ItemResult(f"item{i}", f"{i}.wav", zh_text=t) for i, t in enumerate(texts)])
+    (given / "run.json").write_text(json.dumps({"busy_s": {}, "models": [], "stages": {}}), encoding="utf-8")
+    STAGES.insert(2, spec)
+    try:
+        config = PipelineConfig().updated({"runner": {"batch_size": 3}, "echo": {"mark": "。"}})
+        step = PipelineStep("echo", "inference", "cpu", ("machine_translation",), ("runner", "echo"), spec)
+        out = tmp_path / "out"
+        out.mkdir()
+        env = StepEnv(step, StepIO(name="echo"), config, out, _Logger(), dataset_root=lambda: given)
+        run_stage(env, StepInput(given / "results.jsonl", given / "run.json"))
+    finally:
+        STAGES.remove(spec)
+    assert [[len(text) for text in call] for call in calls] == [[9, 8, 7], [4, 3, 2], [1]]
+    rows = load_rows(out / "results.jsonl")
+    assert [row.id for row in rows] == [f"item{i}" for i in range(len(texts))]
+    assert [row.zh_text for row in rows] == [text + "。" for text in texts]

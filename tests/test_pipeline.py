@@ -205,8 +205,12 @@ def test_a_retried_task_resumes_from_its_own_checkpoint(run: dict[str, Any], tmp
         task = next(t for t in standin.tasks() if t["name"] == "machine_translation")
         checkpoint = standin.file_path(standin.artifacts(task["id"])["partial"]["uri"])
         rows = [json.loads(line) for line in checkpoint.read_text(encoding="utf-8").splitlines()]
-        assert [r["id"] for r in rows] == [json.loads(line)["id"] for line in (out / "results.jsonl").open()]
-        rows[0]["zh_text"] = "检查点里的译文"  # so that a recomputed row would show
+        ids = [json.loads(line)["id"] for line in (out / "results.jsonl").open()]
+        assert sorted(r["id"] for r in rows) == sorted(ids)  # every row, in the order the step took them
+        sizes = [len(r["en_text"] or "") for r in rows]
+        assert sizes == sorted(sizes, reverse=True)  # longest first (steps.stages.MACHINE_TRANSLATION.size)
+        first = next(r for r in rows if r["id"] == ids[0])
+        first["zh_text"] = "检查点里的译文"  # so that a recomputed row would show
         checkpoint.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         # The relaunch: the same task id, run as ClearML runs a task (its parameters come from the server).
         retry_env = env | {"CLEARML_TASK_ID": task["id"], "CLEARML_SIMULATE_REMOTE_TASK": "1"}

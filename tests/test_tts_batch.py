@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -331,11 +332,25 @@ def test_full_size_batched_mels_equal_espnet(fixture_caches: FixtureCaches) -> N
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bench_tts_writes_its_report(
-    fixture_caches: FixtureCaches, tmp_path: Path, dtype: str, capsys: pytest.CaptureFixture[str]
+    fixture_caches: FixtureCaches,
+    tmp_path: Path,
+    dtype: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import argparse
 
     from clearml_pipeline.bench_tts import add_arguments, main
+    from registry.fixtures.corpus import CHINESE
+
+    calls: list[list[str]] = []
+    run = EspnetSynthesizer.run
+
+    def recording(self: EspnetSynthesizer, inputs: list[str]) -> Any:
+        calls.append(list(inputs))
+        return run(self, inputs)
+
+    monkeypatch.setattr(EspnetSynthesizer, "run", recording)
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -363,6 +378,9 @@ def test_bench_tts_writes_its_report(
     # HiFiGAN goes piece by piece on a CPU: batching the acoustic model can at most remove the rest of batch 1
     assert report["speedup_ceiling"] == pytest.approx(one["rtf"] / report["vocoder_rtf"])
     assert report["warmup_passes"] == 1  # the default: each batch size measured on shapes already seen
+    # the texts longest first, as the speech synthesis step takes a dataset's rows (the corpus has them otherwise)
+    assert report["order"] == "length" and [len(t) for t in CHINESE[:3]] != sorted(map(len, CHINESE[:3]), reverse=True)
+    assert calls[-1] == sorted(CHINESE[:3], key=len, reverse=True)
     # three timed passes per size by default, one size after the other; each size reports its median pass
     printed = capsys.readouterr().out.splitlines()
     timed = [line.split(":")[1].strip() for line in printed if line.startswith("bench-tts: batch")]
