@@ -122,6 +122,14 @@ def speech_synthesis_step(stage: Stage[Any, Any], rows: list[ItemResult], ctx: S
         row.unsayable = result.output.unsayable
 
 
+def english_length(row: ItemResult) -> int:
+    return len(row.en_text or "")
+
+
+def chinese_length(row: ItemResult) -> int:
+    return len(row.zh_text or "")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -163,7 +171,7 @@ MACHINE_TRANSLATION = StageSpec(
     models={"machine_translation": "model"},
     writes=("zh_text",),
     seed_items_per_s=9.65,
-    size=lambda row: len(row.en_text or ""),
+    size=english_length,
 )
 SPEECH_SYNTHESIS = StageSpec(
     "speech_synthesis",
@@ -174,7 +182,7 @@ SPEECH_SYNTHESIS = StageSpec(
     models={"speech_synthesis": "model", "vocoder": "vocoder"},
     writes=("zh_audio", "zh_audio_seconds", "unsayable"),
     seed_items_per_s=0.32,
-    size=lambda row: len(row.zh_text or ""),
+    size=chinese_length,
 )
 
 # In pipeline order. A list, so that a stage can be registered (tests add an identity stage); everything else
