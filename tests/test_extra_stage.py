@@ -24,7 +24,7 @@ from clearml_pipeline.runner import InProcessRuntime
 from steps.base import ItemError, ModelInfo, Stage
 from steps.options import option
 from steps.results import ItemResult, load_rows, write_rows
-from steps.stages import STAGES, StageSpec, StepContext, stage_names
+from steps.stages import STAGES, StageSpec, StepContext, chinese_length, stage_names
 from tests.configs import fixture_config
 from tests.speech import SPANISH_SENTENCES, speak
 
@@ -141,7 +141,7 @@ def test_a_stage_step_takes_a_datasets_rows_longest_first(tmp_path: Path) -> Non
             return super().process(inputs)
 
     spec = StageSpec("echo", "echo", EchoOptions, {"identity": Recording}, echo_step, writes=("zh_text",),
-                     size=lambda row: len(row.zh_text or ""))
+                     size=chinese_length)
     texts = ["你好吗", "今天的天气非常好啊", "好", "我们明天去北京", "谢谢你们", "这是一个很长的句", "再见"]
     given = tmp_path / "given"
     given.mkdir()
